@@ -1,0 +1,29 @@
+# Two entry points: `make test` and `make demo`. Both create .venv on first use and install
+# everything into it, so a fresh machine needs nothing but Python 3.11.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+GLUE_DIR ?=
+DEMO_TASK ?= mrpc
+DEMO_OUT  ?= demo_output
+
+.PHONY: install test test-fast demo interop clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt peft/pyproject.toml ivon/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	# The reference optimizer, a test oracle only; kept out of site-packages because it is also `ivon`.
+	$(PY) -m pip install -q --no-deps --target $(VENV)/ivon_ref ivon-opt==0.1.3
+	touch $@
+
+test: install
+	$(PY) -m pytest -q tests
+
+demo: install
+	GLUE_DIR="$(GLUE_DIR)" DEMO_TASK="$(DEMO_TASK)" DEMO_OUT="$(DEMO_OUT)" $(PY) scripts/demo.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

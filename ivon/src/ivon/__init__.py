@@ -1,0 +1,1 @@
+"""The IVON optimizer."""

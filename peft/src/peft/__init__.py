@@ -1,0 +1,1 @@
+"""LoRA, AdaLoRA and VILoRA adapters."""
