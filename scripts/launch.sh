@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Shared launcher of the paper's GLUE sweeps. The method scripts (vilora.sh, adalora.sh, ...) are one line
+# on top of this one:
+#
+#   launch.sh METHOD[,METHOD...] [training args appended to every command...]
+#
+# METHOD is a value of the `script` column of scripts/hparams.tsv; sweep.py turns the rows into one
+# run_glue_no_trainer.py command per (rank, task, criterion, seed). Knobs (environment variables):
+#
+#   TASKS       tasks to run (space/comma list)      default: the tasks the table has for METHOD
+#   RANK        final average rank, 2 or 4 (or "2 4") default: 2
+#   SEEDS       seeds                                 default: the table's (2021 2022 2023 2024 2025)
+#   CRITERIA    criteria of the *_criterion scripts   default: SNR_mean_abs SNR mean sigma
+#   MODEL       model name or path                    default: the table's (microsoft/deberta-v3-base)
+#   GLUE_DIR    local GLUE copy, passed as --glue_dir default: unset (the script's own default)
+#   OUTPUT_ROOT root of all run directories           default: <repo>/outputs
+#   EXTRA_ARGS  string appended to every command      default: empty
+#   PYTHON      interpreter                           default: <repo>/.venv/bin/python, else python3
+#   TRAIN_SCRIPT the training script                  default: <repo>/run_glue_no_trainer.py
+#   LAUNCHER    local | accelerate | sbatch           default: local
+#   NUM_PROCESSES  processes for `accelerate launch`  default: 1 (>1 also makes sbatch jobs use accelerate)
+#   ACCELERATE  the accelerate CLI                    default: the one next to PYTHON, else `accelerate`
+#   PARTITION, GPUS (1), TIME_LIMIT (24:00:00), SBATCH_ARGS (raw extra sbatch options): for LAUNCHER=sbatch
+#   DRY_RUN=1   print the commands (stdout, one per line) and run nothing
+#
+# Run directory: $OUTPUT_ROOT/<method>[-<criterion>]/rank<R>/<task>/seed<S>/, with the run's stdout and
+# stderr in train.log. A run whose all_results.json exists is skipped; a failed run is reported and the
+# sweep goes on; the last line is a summary, and the exit status is 1 if any run failed.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(dirname "$here")"
+
+if [ $# -lt 1 ]; then
+    echo "usage: $(basename "$0") METHOD[,METHOD...] [training args...]" >&2
+    exit 2
+fi
+methods="$1"
+shift
+
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$repo/.venv/bin/python" ]; then PYTHON="$repo/.venv/bin/python"; else PYTHON=python3; fi
+fi
+TRAIN_SCRIPT="${TRAIN_SCRIPT:-$repo/run_glue_no_trainer.py}"
+OUTPUT_ROOT="${OUTPUT_ROOT:-$repo/outputs}"
+LAUNCHER="${LAUNCHER:-local}"
+DRY_RUN="${DRY_RUN:-0}"
+NUM_PROCESSES="${NUM_PROCESSES:-1}"
+
+case "$LAUNCHER" in
+    local | accelerate | sbatch) ;;
+    *) echo "launch: error: LAUNCHER must be local, accelerate or sbatch, got '$LAUNCHER'" >&2; exit 2 ;;
+esac
+if ! [[ "$NUM_PROCESSES" =~ ^[1-9][0-9]*$ ]]; then
+    echo "launch: error: NUM_PROCESSES must be a positive integer, got '$NUM_PROCESSES'" >&2
+    exit 2
+fi
+
+if [ "$DRY_RUN" != 1 ] && [ ! -f "$TRAIN_SCRIPT" ]; then
+    echo "launch: error: training script $TRAIN_SCRIPT not found (set TRAIN_SCRIPT)" >&2
+    exit 2
+fi
+
+# The interpreter (or accelerate) that starts the training script; sbatch wraps this same command.
+if [ "$LAUNCHER" = accelerate ] || [ "$NUM_PROCESSES" -gt 1 ]; then
+    if [ -z "${ACCELERATE:-}" ]; then
+        python_path="$(command -v "$PYTHON" || true)"
+        if [ -n "$python_path" ] && [ -x "$(dirname "$python_path")/accelerate" ]; then
+            ACCELERATE="$(dirname "$python_path")/accelerate"
+        else
+            ACCELERATE=accelerate
+        fi
+    fi
+    starter=("$ACCELERATE" launch --num_processes "$NUM_PROCESSES" "$TRAIN_SCRIPT")
+else
+    starter=("$PYTHON" "$TRAIN_SCRIPT")
+fi
+read -r -a sbatch_extra <<< "${SBATCH_ARGS:-}"
+
+quote_cmd() {  # print words so that a POSIX shell (and Python's shlex.split) reads back the same words
+    local words=() w q="'"
+    for w in "$@"; do
+        if [[ "$w" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
+            words+=("$w")
+        else
+            words+=("$q${w//$q/$q\\$q$q}$q")
+        fi
+    done
+    local IFS=' '
+    echo "${words[*]}"
+}
+
+# One line per run: output dir and arguments separated by 0x1f (see sweep.py). A bad knob exits 2 here.
+plan="$("$PYTHON" "$here/sweep.py" --methods "$methods" --rank "${RANK:-2}" --tasks "${TASKS:-}" \
+    --seeds "${SEEDS:-}" --criteria "${CRITERIA:-}" --model "${MODEL:-}" --glue_dir "${GLUE_DIR:-}" \
+    --output_root "$OUTPUT_ROOT" --extra_args "${EXTRA_ARGS:-}" -- "$@")" || exit $?
+
+total="$(printf '%s\n' "$plan" | grep -c .)" || true
+n=0 n_done=0 n_skipped=0
+failed=()
+while IFS=$'\x1f' read -r -u 3 -a fields; do
+    [ ${#fields[@]} -gt 0 ] || continue
+    n=$((n + 1))
+    out="${fields[0]}"
+    run_args=("${fields[@]:1}")
+    name="${out#"$OUTPUT_ROOT"/}"
+    tag="[$n/$total]"
+
+    if [ -f "$out/all_results.json" ]; then
+        n_skipped=$((n_skipped + 1))
+        echo "$tag skip (all_results.json exists): $name" >&2
+        [ "$DRY_RUN" = 1 ] && echo "# skip (done): $out"
+        continue
+    fi
+
+    cmd=("${starter[@]}" "${run_args[@]}")
+    if [ "$LAUNCHER" = sbatch ]; then
+        job="$(echo "$name" | tr '/' '_')"
+        sbatch_cmd=(sbatch --job-name "$job" --output "$out/train.log" --time "${TIME_LIMIT:-24:00:00}")
+        [ "${GPUS:-1}" != 0 ] && sbatch_cmd+=(--gres "gpu:${GPUS:-1}")
+        [ -n "${PARTITION:-}" ] && sbatch_cmd+=(--partition "$PARTITION")
+        cmd=("${sbatch_cmd[@]}" "${sbatch_extra[@]}" --wrap "$(quote_cmd exec "${cmd[@]}")")
+    fi
+
+    if [ "$DRY_RUN" = 1 ]; then
+        quote_cmd "${cmd[@]}"
+        n_done=$((n_done + 1))
+        continue
+    fi
+
+    mkdir -p "$out"
+    if [ "$LAUNCHER" = sbatch ]; then
+        echo "$tag submit: $name" >&2
+        if "${cmd[@]}" </dev/null >&2; then
+            n_done=$((n_done + 1))
+        else
+            failed+=("$name (sbatch exit $?)")
+        fi
+        continue
+    fi
+
+    echo "$tag run: $name" >&2
+    start=$SECONDS
+    status=0
+    "${cmd[@]}" >"$out/train.log" 2>&1 </dev/null || status=$?
+    if [ $status -eq 0 ] && [ -f "$out/all_results.json" ]; then
+        n_done=$((n_done + 1))
+        echo "$tag done in $((SECONDS - start)) s: $name" >&2
+    else
+        [ $status -eq 0 ] && status="0 without all_results.json"
+        failed+=("$name (exit $status, log: $out/train.log)")
+        echo "$tag FAILED (exit $status), see $out/train.log" >&2
+    fi
+done 3<<< "$plan"
+
+verb=done
+[ "$LAUNCHER" = sbatch ] && verb=submitted
+[ "$DRY_RUN" = 1 ] && verb="to run (dry run)"
+echo "summary: $n_done $verb, ${#failed[@]} failed, $n_skipped skipped, of $total runs" >&2
+for f in "${failed[@]}"; do
+    echo "  failed: $f" >&2
+done
+[ ${#failed[@]} -eq 0 ]
