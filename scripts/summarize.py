@@ -114,8 +114,10 @@ def method_from_config(cfg: dict) -> tuple[str, str]:
     return f"vilora{clr}_criterion-{criterion}", rank
 
 
-def _identify(run_dir: Path, results: dict) -> tuple[str, str, str, str] | None:
-    """(method, rank, task, seed) from the path layout, else from run_config.json; None if neither works."""
+def identify_run(run_dir: Path, results: dict | None = None) -> tuple[str, str, str, str] | None:
+    """(method, rank, task, seed) from the path layout, else from run_config.json (and the run's
+    all_results.json, if given); None if neither works."""
+    results = results or {}
     parts = run_dir.parts
     if len(parts) >= 4:
         method, rank, task, seed = parts[-4:]
@@ -139,7 +141,7 @@ def find_runs(root: Path) -> list[Run]:
     runs, seen = [], set()
     for path in sorted(root.rglob("all_results.json")):
         results = json.loads(path.read_text())
-        ident = _identify(path.parent, results)
+        ident = identify_run(path.parent, results)
         if ident is None:
             print(f"summarize: skipping {path}: neither the directory layout nor run_config.json says "
                   "which method/task it is", file=sys.stderr)
