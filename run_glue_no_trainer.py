@@ -1,0 +1,1123 @@
+#!/usr/bin/env python
+"""Fine-tune a sequence classifier on a GLUE task: full fine-tuning, LoRA, AdaLoRA or VILoRA, with AdamW or IVON.
+
+VILoRA is AdaLoRA whose rank allocation scores each singular-value triplet from IVON's Gaussian posterior
+N(mu, sigma^2) instead of AdaLoRA's gradient sensitivity ("A Bayesian Interpretation of Adaptive Low-Rank
+Adaptation", Chen & Garner 2024). The flags follow the Hugging Face `run_glue_no_trainer.py` example and the
+paper's fork of it (reference/SPEC.md section G); the fork's known defects are fixed here:
+
+* gradient accumulation updates after every `gas` micro-batches and at the end of an epoch (not after the first);
+* IVON Monte-Carlo evaluation averages the predictions of all samples, for STS-B too;
+* MNLI reports matched (`eval_accuracy`) and mismatched (`eval_accuracy_mm`) accuracy;
+* checkpoints hold the rank allocator state and IVON's step counter, and resuming is exact on CPU.
+
+Run `python run_glue_no_trainer.py --help` for the flags. Outputs in `--output_dir`: the adapter (or full model)
+and tokenizer, `run_config.json`, `log.jsonl`, `rank_pattern.json` (AdaLoRA/VILoRA), `ivon_state.pt` (IVON),
+`checkpoints/step_<n>/`, and `all_results.json`, written last, so its presence means the run finished.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import functools
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import datasets
+import evaluate as hf_evaluate
+import numpy as np
+import torch
+import transformers
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    default_data_collator,
+    get_scheduler,
+)
+
+METRIC_DIR = Path(__file__).resolve().parent / "metrics" / "glue"
+HUB_DATASET = "nyu-mll/glue"
+
+TASK_TO_KEYS = {
+    "cola": ("sentence", None),
+    "mnli": ("premise", "hypothesis"),
+    "mrpc": ("sentence1", "sentence2"),
+    "qnli": ("question", "sentence"),
+    "qqp": ("question1", "question2"),
+    "rte": ("sentence1", "sentence2"),
+    "sst2": ("sentence", None),
+    "stsb": ("sentence1", "sentence2"),
+    "wnli": ("sentence1", "sentence2"),
+}
+TASKS = tuple(TASK_TO_KEYS)
+# Class names in the order of the Hub's ClassLabel ids; stsb is a regression task (float label).
+LABEL_NAMES = {
+    "cola": ["unacceptable", "acceptable"],
+    "mnli": ["entailment", "neutral", "contradiction"],
+    "mrpc": ["not_equivalent", "equivalent"],
+    "qnli": ["entailment", "not_entailment"],
+    "qqp": ["not_duplicate", "duplicate"],
+    "rte": ["entailment", "not_entailment"],
+    "sst2": ["negative", "positive"],
+    "stsb": None,
+    "wnli": ["not_entailment", "entailment"],
+}
+PRIMARY_METRIC = {"cola": "matthews_correlation", "stsb": "pearson"}  # every other task: accuracy
+
+# Local GLUE copy (the standard GLUE download layout): folder, header row?, {hub column: file column},
+# label column (-1 = last, because MNLI train and dev differ in width), and how the file spells the label.
+GLUE_FOLDER = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP",
+               "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
+GLUE_TSV = {
+    "cola": (False, {"sentence": 3}, 1),
+    "sst2": (True, {"sentence": 0}, 1),
+    "mrpc": (True, {"sentence1": 3, "sentence2": 4}, 0),
+    "stsb": (True, {"sentence1": 7, "sentence2": 8}, 9),
+    "qqp": (True, {"question1": 3, "question2": 4}, 5),
+    "mnli": (True, {"premise": 8, "hypothesis": 9}, -1),
+    "qnli": (True, {"question": 1, "sentence": 2}, 3),
+    "rte": (True, {"sentence1": 1, "sentence2": 2}, 3),
+    "wnli": (True, {"sentence1": 1, "sentence2": 2}, 3),
+}
+GLUE_SPLIT_FILES = {"train": "train.tsv", "validation": "dev.tsv",
+                    "validation_matched": "dev_matched.tsv", "validation_mismatched": "dev_mismatched.tsv"}
+# Used only when peft (which owns the registry) cannot be imported, so that flag checking still works.
+_FALLBACK_CRITERIA = ("sensitivity", "SNR_mean_abs", "SNR", "mean", "sigma", "E_mean_abs")
+
+
+class UsageError(Exception):
+    """A user mistake (bad flag, bad data): reported as one line on stderr, exit status 2, nothing written."""
+
+
+class TrainingError(Exception):
+    """Training cannot go on (e.g. a non-finite loss): reported as one line on stderr, exit status 1."""
+
+
+class AlreadyFinished(Exception):
+    """The output directory already holds a finished run: say so and exit 0."""
+
+
+# ----------------------------------------------------------------------------------------------- arguments
+class _OneLineErrorParser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print the whole usage block; one line is enough
+        raise UsageError(message)
+
+
+def _bool_value(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "y"):
+        return True
+    if text.lower() in ("0", "false", "no", "n", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _steps_or_epoch(text: str) -> str:
+    if text == "epoch" or (text.isdigit() and int(text) > 0):
+        return text
+    raise argparse.ArgumentTypeError(f"expected a positive number of steps or 'epoch', got {text!r}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line (flag names and defaults of SPEC G.1, plus --glue_dir and a few safety flags)."""
+    p = _OneLineErrorParser(description="Fine-tune on a GLUE task with LoRA/AdaLoRA/VILoRA and AdamW/IVON.")
+    g = p.add_argument_group("data and model")
+    g.add_argument("--task_name", type=str.lower, default=None, choices=TASKS, help="GLUE task")
+    g.add_argument("--glue_dir", default=None, help="local GLUE copy (<TASK>/train.tsv, dev.tsv); default: the Hub")
+    g.add_argument("--train_file", default=None, help="csv/json training file (instead of a GLUE task)")
+    g.add_argument("--validation_file", default=None, help="csv/json validation file")
+    g.add_argument("--max_length", type=int, default=128)
+    g.add_argument("--pad_to_max_length", action="store_true")
+    g.add_argument("--model_name_or_path", required=True)
+    g.add_argument("--use_slow_tokenizer", action="store_true")
+    g.add_argument("--trust_remote_code", type=_bool_value, default=False)
+    g.add_argument("--ignore_mismatched_sizes", action="store_true")
+    g.add_argument("--fp16", action="store_true", help="same as --mixed_precision fp16")
+    g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
+    g.add_argument("--gradient_checkpointing", action="store_true")
+
+    g = p.add_argument_group("training loop")
+    g.add_argument("--per_device_train_batch_size", type=int, default=8)
+    g.add_argument("--per_device_eval_batch_size", type=int, default=8)
+    g.add_argument("--learning_rate", type=float, default=5e-5)
+    g.add_argument("--weight_decay", type=float, default=0.0, help="AdamW only")
+    g.add_argument("--num_train_epochs", type=int, default=3)
+    g.add_argument("--max_train_steps", type=int, default=None, help="optimizer updates; overrides epochs")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--lr_scheduler_type", default="linear",
+                   choices=[s.value for s in transformers.SchedulerType])
+    g.add_argument("--lr_scheduler_kwargs", type=json.loads, default=None,
+                   help="JSON dict of extra scheduler arguments, e.g. '{\"min_lr_rate\": 0.1}'")
+    g.add_argument("--num_warmup_steps", type=int, default=0)
+    g.add_argument("--output_dir", default=None)
+    g.add_argument("--overwrite_output_dir", action="store_true")
+    g.add_argument("--seed", type=int, default=None, help="default: a random seed, recorded in run_config.json")
+    g.add_argument("--checkpointing_steps", type=_steps_or_epoch, default=None, help="N updates or 'epoch'")
+    g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'")
+    g.add_argument("--eval_steps", type=int, default=0)
+    g.add_argument("--eval_after_epochs", type=int, default=1)
+    g.add_argument("--with_tracking", action="store_true")
+    g.add_argument("--report_to", default="all", choices=("all", "tensorboard", "wandb"))
+    g.add_argument("--project_prefix", default="glue_no_trainer_vilora_")
+    g.add_argument("--eval_only", action="store_true")
+
+    g = p.add_argument_group("LoRA / AdaLoRA / VILoRA")
+    g.add_argument("--apply_lora", action="store_true")
+    g.add_argument("--lora_type", default="lora", help="lora | adalora | vilora")
+    g.add_argument("--lora_path", default=None, help="continue from a saved adapter folder")
+    g.add_argument("--lora_alpha", type=int, default=8)
+    g.add_argument("--lora_r", type=int, default=None)
+    g.add_argument("--lora_dropout", type=float, default=0.0)
+    g.add_argument("--lora_modules", default="", help="comma list of target modules")
+    g.add_argument("--adalora_target_r", type=int, default=8)
+    g.add_argument("--adalora_init_r", type=int, default=12)
+    g.add_argument("--adalora_tinit", type=int, default=0)
+    g.add_argument("--adalora_tfinal", type=int, default=0)
+    g.add_argument("--adalora_delta_t", type=int, default=100)
+    g.add_argument("--adalora_orth_reg_weight", type=float, default=0.5)
+    g.add_argument("--vilora_criterion", default="SNR_mean_abs")
+
+    g = p.add_argument_group("IVON")
+    g.add_argument("--use_ivon", action="store_true")
+    g.add_argument("--ivon_ess", type=float, default=0, help="0 = number of training examples")
+    g.add_argument("--ivon_hess_init", type=float, default=1.0)
+    g.add_argument("--ivon_beta1", type=float, default=0.9)
+    g.add_argument("--ivon_beta2", type=float, default=0.99999)
+    g.add_argument("--ivon_weight_decay", type=float, default=1e-8)
+    g.add_argument("--ivon_train_mc_samples", type=int, default=1)
+    g.add_argument("--ivon_infer_mc_samples", type=int, default=0, help="0 = evaluate the posterior mean")
+    g.add_argument("--ivon_clip_radius", type=float, default=1e-3)
+
+    g = p.add_argument_group("custom LR schedule (values are absolute learning rates)")
+    g.add_argument("--use_custom_lr_schedule", action="store_true")
+    g.add_argument("--lr_schedule_first_lr", type=float, default=2.0)
+    g.add_argument("--lr_schedule_const_epochs", type=float, default=1.0, help="> 100 means steps")
+    g.add_argument("--lr_schedule_second_lr", type=float, default=0.2)
+    g.add_argument("--lr_schedule_end_lr", type=float, default=0.0)
+    return p.parse_args(argv)
+
+
+def _valid_criteria() -> tuple[str, ...]:
+    try:
+        from peft.importance import CRITERIA
+        return tuple(CRITERIA)
+    except ImportError:
+        return _FALLBACK_CRITERIA
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Reject impossible flag combinations before anything is loaded or written (raises UsageError)."""
+    if args.task_name is None and args.train_file is None:
+        raise UsageError(f"give --task_name (one of {', '.join(TASKS)}) or --train_file/--validation_file")
+    if args.task_name is None and args.glue_dir is not None:
+        raise UsageError("--glue_dir needs --task_name")
+    if args.output_dir is None:
+        raise UsageError("--output_dir is required")
+    if args.lora_type not in ("lora", "adalora", "vilora"):
+        raise UsageError(f"unknown --lora_type {args.lora_type!r}; valid: lora, adalora, vilora")
+    if args.lora_type != "lora" and not args.apply_lora:
+        raise UsageError(f"--lora_type {args.lora_type} needs --apply_lora")
+    if args.lora_path is not None and not args.apply_lora:
+        raise UsageError("--lora_path needs --apply_lora")
+    if args.vilora_criterion not in _valid_criteria():
+        raise UsageError(f"unknown --vilora_criterion {args.vilora_criterion!r}; valid: {', '.join(_valid_criteria())}")
+    if args.apply_lora and args.lora_type == "vilora":
+        args.use_ivon = True  # VILoRA scores come from IVON's posterior
+    positive = ["per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                "num_train_epochs", "max_length", "ivon_train_mc_samples"]
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    for name in ["eval_steps", "num_warmup_steps", "ivon_infer_mc_samples", "ivon_ess", "eval_after_epochs"]:
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if args.max_train_steps is not None and args.max_train_steps < 1:
+        raise UsageError(f"--max_train_steps must be >= 1, got {args.max_train_steps}")
+    if args.fp16:
+        args.mixed_precision = "fp16"
+    if args.use_ivon and args.mixed_precision == "fp16":
+        raise UsageError("--fp16 cannot be used with IVON: IVON reads gradients before fp16 loss-scale "
+                         "unscaling; use --mixed_precision bf16 or no")
+    if args.use_custom_lr_schedule and args.lr_scheduler_type == "reduce_lr_on_plateau":
+        raise UsageError("--use_custom_lr_schedule replaces --lr_scheduler_type; do not combine with reduce_lr_on_plateau")
+    if args.glue_dir is not None and not Path(args.glue_dir).is_dir():
+        raise UsageError(f"--glue_dir {args.glue_dir} is not a directory")
+    for flag in ("train_file", "validation_file"):
+        path = getattr(args, flag)
+        if path is not None and not (path.endswith((".csv", ".json", ".jsonl")) and Path(path).is_file()):
+            raise UsageError(f"--{flag} {path} must be an existing .csv or .json(l) file")
+    if args.lora_path is not None and not (Path(args.lora_path) / "adapter_config.json").is_file():
+        raise UsageError(f"--lora_path {args.lora_path} holds no adapter_config.json")
+    if args.with_tracking:
+        if args.report_to != "all" and not _importable(args.report_to):
+            raise UsageError(f"--report_to {args.report_to} needs the '{args.report_to}' package, which is not "
+                             "installed; install it or drop --with_tracking")
+        if args.report_to == "all" and not (_importable("tensorboard") or _importable("wandb")):
+            raise UsageError("--with_tracking needs tensorboard or wandb installed (neither is); "
+                             "install one or drop --with_tracking")
+    out = Path(args.output_dir)
+    if (out / "all_results.json").exists() and not args.overwrite_output_dir:
+        raise AlreadyFinished(f"{out} already holds finished results (all_results.json); skipping. "
+                              "Pass --overwrite_output_dir to run again.")
+    if args.resume_from_checkpoint not in (None, "latest") and not Path(args.resume_from_checkpoint).is_dir():
+        raise UsageError(f"--resume_from_checkpoint {args.resume_from_checkpoint} is not a directory")
+    if args.resume_from_checkpoint is None and not args.overwrite_output_dir and _checkpoints(out):
+        raise UsageError(f"{out} holds checkpoints of an unfinished run; pass --resume_from_checkpoint latest "
+                         "to continue it or --overwrite_output_dir to start over")
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
+
+
+# ----------------------------------------------------------------------------------------------- data
+def read_glue_tsv(path: Path, task: str) -> dict[str, list]:
+    """Read one GLUE .tsv file into columns of the Hub schema (text columns, ``label``, ``idx``).
+
+    The files are read with quoting off (GLUE text contains unbalanced quotes) and utf-8-sig, which drops
+    the BOM that MRPC's header carries. Labels are mapped to the Hub's ClassLabel ids. Any malformed row
+    raises UsageError naming the file and line.
+    """
+    has_header, text_cols, label_col = GLUE_TSV[task]
+    names = LABEL_NAMES[task]
+    # Files spell classes either by name (rte, qnli, mnli) or by id (0/1); both map to the Hub's id.
+    to_id = {n: i for i, n in enumerate(names)} | {str(i): i for i in range(len(names))} if names else None
+    if not path.is_file():
+        raise UsageError(f"GLUE file not found: {path} (expected the GLUE layout <glue_dir>/{GLUE_FOLDER[task]}/"
+                         f"{path.name})")
+    columns: dict[str, list] = {c: [] for c in text_cols} | {"label": [], "idx": []}
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        width = None
+        for line_no, row in enumerate(rows, start=1):
+            if has_header and line_no == 1:
+                width = len(row)
+                continue
+            if width is None:
+                width = max(max(text_cols.values()), label_col) + 1
+            if len(row) != width:
+                raise UsageError(f"{path}:{line_no}: expected {width} tab-separated columns, found {len(row)}")
+            raw = row[label_col].strip()
+            if to_id is None:
+                try:
+                    label = float(raw)
+                except ValueError:
+                    raise UsageError(f"{path}:{line_no}: label {raw!r} is not a number (stsb scores 0-5)") from None
+            elif raw in to_id:
+                label = to_id[raw]
+            else:
+                valid = ", ".join(names) if not raw.isdigit() else ", ".join(map(str, range(len(names))))
+                raise UsageError(f"{path}:{line_no}: label {raw!r} is not a {task} label; valid: {valid}")
+            for col, i in text_cols.items():
+                columns[col].append(row[i])
+            columns["label"].append(label)
+            columns["idx"].append(len(columns["idx"]))
+    if not columns["idx"]:
+        raise UsageError(f"{path}: no data rows")
+    return columns
+
+
+def glue_features(task: str) -> datasets.Features:
+    """The Hub `nyu-mll/glue` schema of one task: text columns, label (ClassLabel or float32), idx."""
+    feats = {c: datasets.Value("string") for c in GLUE_TSV[task][1]}
+    names = LABEL_NAMES[task]
+    feats["label"] = datasets.ClassLabel(names=names) if names else datasets.Value("float32")
+    feats["idx"] = datasets.Value("int32")
+    return datasets.Features(feats)
+
+
+def glue_split_names(task: str, with_train: bool = True) -> list[str]:
+    """Splits a run needs: train (unless evaluating only) and the dev split(s); MNLI has two dev sets."""
+    dev = ["validation_matched", "validation_mismatched"] if task == "mnli" else ["validation"]
+    return (["train"] if with_train else []) + dev
+
+
+def load_glue(args: argparse.Namespace) -> dict[str, datasets.Dataset]:
+    """Load the run's splits as datasets in the Hub schema: from --glue_dir, the Hub, or --train_file."""
+    if args.task_name is None:
+        files = {k: v for k, v in (("train", args.train_file), ("validation", args.validation_file)) if v}
+        fmt = "csv" if next(iter(files.values())).endswith(".csv") else "json"
+        return dict(datasets.load_dataset(fmt, data_files=files))
+    task, splits = args.task_name, glue_split_names(args.task_name, with_train=not args.eval_only)
+    if args.glue_dir is not None:
+        folder = Path(args.glue_dir) / GLUE_FOLDER[task]
+        return {s: datasets.Dataset.from_dict(read_glue_tsv(folder / GLUE_SPLIT_FILES[s], task),
+                                              features=glue_features(task)) for s in splits}
+    offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+                  for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    try:
+        return {s: datasets.load_dataset(HUB_DATASET, task, split=s) for s in splits}
+    except Exception as e:  # no network, offline mode, no cache: all end the same way for the user
+        why = "the Hub is offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE)" if offline else f"{type(e).__name__}"
+        raise UsageError(f"cannot load {HUB_DATASET}/{task} from the Hub ({why}); pass --glue_dir DIR with a "
+                         f"local GLUE copy (DIR/{GLUE_FOLDER[task]}/train.tsv, dev.tsv)") from None
+
+
+def label_setup(args: argparse.Namespace, raw: dict[str, datasets.Dataset]):
+    """Return (is_regression, label_names or None, label_to_id or None) for the run's data."""
+    if args.task_name is not None and (args.glue_dir is not None or args.train_file is None):
+        names = LABEL_NAMES[args.task_name]
+        return names is None, names, None  # Hub schema: labels are already class ids
+    feature = raw["train" if "train" in raw else "validation"].features["label"]
+    if feature.dtype in ("float32", "float64"):
+        return True, None, None
+    values = sorted({v for ds in raw.values() for v in ds["label"]})
+    if args.task_name is not None and LABEL_NAMES[args.task_name] is not None:
+        names = LABEL_NAMES[args.task_name]
+        known = set(names) | set(range(len(names))) | {str(i) for i in range(len(names))}
+        bad = [v for v in values if v not in known]
+        if bad:
+            raise UsageError(f"label {bad[0]!r} is not a {args.task_name} label; valid: {', '.join(names)} "
+                             f"or 0-{len(names) - 1}")
+        to_id = {n: i for i, n in enumerate(names)} | {i: i for i in range(len(names))} | \
+            {str(i): i for i in range(len(names))}
+        return False, names, to_id
+    return False, [str(v) for v in values], {v: i for i, v in enumerate(values)}
+
+
+def tokenize_splits(args, raw, tokenizer, label_to_id) -> dict[str, datasets.Dataset]:
+    """Tokenize every split; the label column becomes ``labels`` (class id or float score)."""
+    cols = [c for c in raw[next(iter(raw))].column_names if c not in ("label", "idx")]
+    key1, key2 = TASK_TO_KEYS[args.task_name] if args.task_name else (
+        ("sentence1", "sentence2") if {"sentence1", "sentence2"} <= set(cols) else (cols[0], cols[1] if len(cols) > 1 else None))
+
+    def encode(batch):
+        texts = (batch[key1],) if key2 is None else (batch[key1], batch[key2])
+        enc = tokenizer(*texts, padding="max_length" if args.pad_to_max_length else False,
+                        max_length=args.max_length, truncation=True)
+        enc["labels"] = [label_to_id[v] for v in batch["label"]] if label_to_id else batch["label"]
+        return enc
+
+    return {name: ds.map(encode, batched=True, remove_columns=ds.column_names, desc=f"tokenize {name}")
+            for name, ds in raw.items()}
+
+
+def epoch_batches(n_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Shuffled batches of example indices for one epoch, from a generator seeded with seed + epoch.
+
+    The order does not depend on the global RNG, so a resumed run sees the same batches and can skip the
+    ones it already consumed.
+    """
+    order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    return [order[i:i + batch_size] for i in range(0, n_examples, batch_size)]
+
+
+def _loader(dataset, collator, batch_sampler=None, batch_size=None) -> DataLoader:
+    # A private generator: iterating a DataLoader otherwise draws its base seed from the global RNG,
+    # which would shift dropout/IVON noise between an interrupted and an uninterrupted run.
+    sizing = {"batch_sampler": batch_sampler} if batch_sampler is not None else {"batch_size": batch_size}
+    return DataLoader(dataset, collate_fn=collator, generator=torch.Generator().manual_seed(0), **sizing)
+
+
+# ----------------------------------------------------------------------------------------------- schedules
+def custom_lr_lambda(step: int, *, warmup_steps: int, const_end: float, total_steps: int,
+                     first_lr: float, second_lr: float, end_lr: float) -> float:
+    """The paper's `_clr` schedule (SPEC G.3); with the base lr forced to 1.0 it is the absolute lr.
+
+    W = warmup_steps, C = const_end (an absolute step), N = total_steps:
+    s < W: first_lr * s / W;  W <= s < C: first_lr;  s >= C: max(second_lr - (second_lr - end_lr) (s - C)/(N - C), end_lr)
+    """
+    if step < warmup_steps:
+        return first_lr / warmup_steps * step
+    if step < const_end:
+        return first_lr
+    return max(second_lr - (second_lr - end_lr) / (total_steps - const_end) * (step - const_end), end_lr)
+
+
+def custom_schedule_const_end(const_epochs: float, steps_per_epoch: int) -> float:
+    """End C of the constant phase: `const_epochs` > 100 is already a step count, else epochs x steps/epoch."""
+    return const_epochs if const_epochs > 100 else const_epochs * steps_per_epoch
+
+
+@dataclasses.dataclass
+class StepPlan:
+    """How many micro-batches and optimizer updates the run has."""
+    batches_per_epoch: int
+    updates_per_epoch: int
+    max_train_steps: int
+    num_epochs: int
+
+
+def plan_steps(args: argparse.Namespace, n_train: int) -> StepPlan:
+    """Count updates and check the schedules fit the run (AdaLoRA budget phases, custom LR phases)."""
+    batches = math.ceil(n_train / args.per_device_train_batch_size)
+    per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
+    total = args.max_train_steps or args.num_train_epochs * per_epoch
+    plan = StepPlan(batches, per_epoch, total, math.ceil(total / per_epoch))
+    if args.apply_lora and args.lora_type in ("adalora", "vilora") and args.lora_path is None:
+        if args.adalora_tinit >= total - args.adalora_tfinal:
+            raise UsageError(f"AdaLoRA schedule impossible: --adalora_tinit {args.adalora_tinit} must be below total "
+                             f"steps {total} - --adalora_tfinal {args.adalora_tfinal} = {total - args.adalora_tfinal}; "
+                             "lower tinit/tfinal or train longer")
+    if args.use_custom_lr_schedule:
+        const_end = custom_schedule_const_end(args.lr_schedule_const_epochs, per_epoch)
+        if const_end >= total:
+            raise UsageError(f"custom LR schedule: the constant phase ends at step {const_end:g} "
+                             f"(--lr_schedule_const_epochs {args.lr_schedule_const_epochs:g}), not before the last "
+                             f"step {total}; lower it or train longer")
+    return plan
+
+
+def build_scheduler(args, optimizer, plan: StepPlan):
+    """A transformers schedule by name, or the custom `_clr` LambdaLR (base lr already 1.0)."""
+    if args.use_custom_lr_schedule:
+        lam = functools.partial(custom_lr_lambda, warmup_steps=args.num_warmup_steps,
+                                const_end=custom_schedule_const_end(args.lr_schedule_const_epochs, plan.updates_per_epoch),
+                                total_steps=plan.max_train_steps, first_lr=args.lr_schedule_first_lr,
+                                second_lr=args.lr_schedule_second_lr, end_lr=args.lr_schedule_end_lr)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lam)
+    try:
+        return get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.num_warmup_steps,
+                             num_training_steps=plan.max_train_steps,
+                             scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--lr_scheduler_type {args.lr_scheduler_type}: {e}") from None
+
+
+# ----------------------------------------------------------------------------------------------- model
+def adapter_config(args: argparse.Namespace):
+    """The peft config for --lora_type (SPEC G.2); AdaLoRA's total_step is set once the step count is known."""
+    import peft
+    common = dict(task_type=peft.TaskType.SEQ_CLS, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout)
+    modules = [m.strip() for m in args.lora_modules.split(",") if m.strip()] or None
+    if args.lora_type == "lora":
+        extra = {"r": args.lora_r} if args.lora_r is not None else {}
+        return peft.LoraConfig(target_modules=modules, **common, **extra)
+    ada = dict(target_r=args.adalora_target_r, init_r=args.adalora_init_r, tinit=args.adalora_tinit,
+               tfinal=args.adalora_tfinal, deltaT=args.adalora_delta_t, orth_reg_weight=args.adalora_orth_reg_weight)
+    if modules:
+        ada["target_modules"] = modules
+    if args.lora_type == "adalora":
+        return peft.AdaLoraConfig(**common, **ada)
+    return peft.VILoraConfig(**common, **ada, criterion=args.vilora_criterion)
+
+
+def build_model(args, num_labels: int, label_names: list[str] | None):
+    """Tokenizer and classifier; wrapped with the adapter when --apply_lora (optionally loaded from --lora_path)."""
+    config = AutoConfig.from_pretrained(args.model_name_or_path, num_labels=num_labels,
+                                        finetuning_task=args.task_name, trust_remote_code=args.trust_remote_code)
+    if label_names:
+        config.label2id = {n: i for i, n in enumerate(label_names)}
+        config.id2label = dict(enumerate(label_names))
+    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, use_fast=not args.use_slow_tokenizer,
+                                              trust_remote_code=args.trust_remote_code)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        args.model_name_or_path, config=config, ignore_mismatched_sizes=args.ignore_mismatched_sizes,
+        trust_remote_code=args.trust_remote_code)
+    if args.gradient_checkpointing:
+        if not model.supports_gradient_checkpointing:
+            raise UsageError(f"--gradient_checkpointing: model type {config.model_type} does not support it")
+        # Non-reentrant checkpointing also works when the inputs (frozen embeddings under LoRA) need no grad.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if not args.apply_lora:
+        return model, tokenizer
+    import peft
+    if args.lora_path is None:
+        return peft.get_peft_model(model, adapter_config(args)), tokenizer
+    saved = peft.PeftConfig.from_pretrained(args.lora_path)
+    saved.inference_mode = args.eval_only
+    model = peft.get_peft_model(model, saved)
+    model.load_adapter(args.lora_path, "default", is_trainable=not args.eval_only)
+    return model, tokenizer
+
+
+def lora_kind(model) -> str:
+    """'full', 'lora', 'adalora' or 'vilora' for the (possibly loaded) model."""
+    cfg = getattr(model, "peft_config", {}).get("default")
+    if cfg is None:
+        return "full"
+    if getattr(cfg, "criterion", None) is not None:
+        return "vilora"
+    return "adalora" if hasattr(cfg, "init_r") else "lora"
+
+
+def build_optimizer(args, model, n_train: int, device: torch.device):
+    """IVON over the trainable params (one group, model order) or AdamW with the usual no-decay group."""
+    lr = 1.0 if args.use_custom_lr_schedule else args.learning_rate  # custom schedule values are absolute lrs
+    if args.use_ivon:
+        import ivon
+        params = [p for p in model.parameters() if p.requires_grad]
+        try:
+            return ivon.IVON(params, lr=lr, ess=args.ivon_ess or n_train, hess_init=args.ivon_hess_init,
+                             beta1=args.ivon_beta1, beta2=args.ivon_beta2, weight_decay=args.ivon_weight_decay,
+                             mc_samples=args.ivon_train_mc_samples, clip_radius=args.ivon_clip_radius, device=device)
+        except ValueError as e:
+            raise UsageError(f"IVON: {e}") from None
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if "bias" in name or "LayerNorm.weight" in name else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+
+# ----------------------------------------------------------------------------------------------- run state
+@dataclasses.dataclass
+class TrainState:
+    """Everything about the position in training that a checkpoint must restore (JSON-serialisable)."""
+    seed: int
+    completed_steps: int = 0
+    epoch: int = 0
+    batches_done: int = 0           # micro-batches consumed in `epoch`
+    epoch_loss_sum: float = 0.0
+    epoch_loss_count: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    best_eval: dict = dataclasses.field(default_factory=dict)
+    last_eval: dict = dataclasses.field(default_factory=dict)
+    last_eval_step: int | None = None
+    log_lines: int = 0
+    train_runtime_s: float = 0.0
+
+
+@dataclasses.dataclass
+class Run:
+    """The objects one run works with, passed as one value to train/evaluate/save."""
+    args: argparse.Namespace
+    accelerator: Accelerator
+    model: torch.nn.Module
+    tokenizer: Any
+    optimizer: Any
+    scheduler: Any
+    ivon: Any                       # the raw IVON optimizer, or None
+    kind: str                       # full | lora | adalora | vilora
+    train_dataset: datasets.Dataset | None
+    eval_loaders: dict[str, DataLoader]
+    collator: Callable
+    plan: StepPlan | None
+    metric: Any
+    metric_task: str
+    is_regression: bool
+    out: Path
+
+    @property
+    def peft_model(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.kind in ("adalora", "vilora")
+
+
+class JsonlLog:
+    """Appends one JSON object per line to OUT/log.jsonl (flushed, so a killed run keeps what it logged)."""
+
+    def __init__(self, path: Path, state: TrainState):
+        self.path, self.state = path, state
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.state.log_lines += 1
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
+    os.replace(tmp, path)
+
+
+def _torch_save_atomic(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    torch.save(obj, tmp)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------- training
+def forward_backward(run: Run, batch: dict, group_size: int) -> float:
+    """Loss and gradient of one micro-batch; under IVON each of the mc samples runs at perturbed weights.
+
+    The loss is divided by the number of micro-batches in this accumulation group (`group_size`, smaller than
+    --gradient_accumulation_steps only for the last group of an epoch), so every update sees a mean gradient.
+    As in the paper's script, grads are *not* zeroed between IVON samples or micro-batches: IVON records
+    p.grad when each sample ends, so with mc > 1 or gas > 1 the k-th recorded sample holds the running sum of
+    the first k gradients (the paper always used mc = gas = 1, where this makes no difference).
+    """
+    samples = run.args.ivon_train_mc_samples if run.ivon is not None else 1
+    sample_ctx = (lambda: run.ivon.sampled_params(train=True)) if run.ivon is not None else contextlib.nullcontext
+    total = 0.0
+    for _ in range(samples):
+        with sample_ctx():
+            loss = run.model(**batch).loss
+            if not torch.isfinite(loss):
+                raise TrainingError(f"non-finite training loss ({loss.item()})")
+            run.accelerator.backward(loss / group_size)
+        total += loss.item()
+    return total / samples
+
+
+def optimizer_update(run: Run, state: TrainState) -> float:
+    """One update in the paper's order: step, scheduler, rank allocation (sees the grads), zero_grad."""
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.optimizer.step()
+    if run.args.lr_scheduler_type != "reduce_lr_on_plateau" or run.args.use_custom_lr_schedule:
+        run.scheduler.step()
+    if run.adaptive:
+        run.peft_model.base_model.update_and_allocate(state.completed_steps)
+    run.optimizer.zero_grad(set_to_none=True)
+    state.completed_steps += 1
+    return lr
+
+
+def train(run: Run, state: TrainState, log: JsonlLog) -> None:
+    """The training loop, shared by AdamW and IVON, resumable at any update boundary."""
+    args, plan = run.args, run.plan
+    gas, n_batches = args.gradient_accumulation_steps, plan.batches_per_epoch
+    bar = tqdm(total=plan.max_train_steps, initial=state.completed_steps, desc="train",
+               disable=not run.accelerator.is_local_main_process)
+    step_sleep = float(os.environ.get("RUN_GLUE_DEBUG_STEP_SLEEP", "0"))  # lets tests kill a run mid-way
+    started = time.time() - state.train_runtime_s
+    group_losses: list[float] = []
+    for epoch in range(state.epoch, plan.num_epochs):
+        run.model.train()
+        batches = epoch_batches(len(run.train_dataset), args.per_device_train_batch_size, state.seed, epoch)
+        loader = _loader(run.train_dataset, run.collator, batch_sampler=batches[state.batches_done:])
+        for i, batch in enumerate(loader, start=state.batches_done):
+            batch = {k: v.to(run.accelerator.device) for k, v in batch.items()}
+            group_start = i - i % gas
+            try:
+                loss = forward_backward(run, batch, min(gas, n_batches - group_start))
+            except TrainingError as e:
+                last = _checkpoints(run.out)
+                raise TrainingError(f"{e} at update {state.completed_steps + 1} (epoch {epoch}, batch {i}); "
+                                    f"stopping. Last checkpoint: {last[-1] if last else 'none'}") from None
+            group_losses.append(loss)
+            state.epoch_loss_sum += loss
+            state.epoch_loss_count += 1
+            state.batches_done = i + 1
+            if state.batches_done % gas != 0 and state.batches_done != n_batches:
+                continue
+            lr = optimizer_update(run, state)
+            record = {"step": state.completed_steps, "epoch": epoch + state.batches_done / n_batches,
+                      "train_loss": sum(group_losses) / len(group_losses), "lr": lr} | _model_stats(run)
+            group_losses = []
+            log.write(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['train_loss']:.4f}", lr=f"{lr:.3g}")
+            if args.with_tracking:
+                run.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.completed_steps)
+            if step_sleep:
+                time.sleep(step_sleep)
+            if args.eval_steps and epoch >= args.eval_after_epochs and state.completed_steps % args.eval_steps == 0:
+                run_eval(run, state, log, epoch + state.batches_done / n_batches)
+            state.train_runtime_s = time.time() - started
+            # After the eval: the checkpoint then holds the RNG state the next update starts from.
+            if args.checkpointing_steps not in (None, "epoch") and \
+                    state.completed_steps % int(args.checkpointing_steps) == 0:
+                save_checkpoint(run, state)
+            if state.completed_steps >= plan.max_train_steps:
+                break
+        if state.last_eval_step != state.completed_steps:
+            run_eval(run, state, log, epoch + state.batches_done / n_batches)
+        log.write({"step": state.completed_steps, "epoch": epoch + 1,
+                   "train_loss": state.epoch_loss_sum / max(state.epoch_loss_count, 1), "epoch_end": True})
+        state.epoch, state.batches_done, state.epoch_loss_sum, state.epoch_loss_count = epoch + 1, 0, 0.0, 0
+        state.train_runtime_s = time.time() - started
+        if args.checkpointing_steps == "epoch":
+            save_checkpoint(run, state)
+        if state.completed_steps >= plan.max_train_steps:
+            break
+    bar.close()
+
+
+def _model_stats(run: Run) -> dict:
+    """Rank budget and kept ranks (AdaLoRA/VILoRA) and IVON Hessian statistics for the log line."""
+    stats = {}
+    if run.adaptive:
+        base = run.peft_model.base_model
+        stats["budget"] = base.current_budget
+        stats["kept_ranks"] = int(sum(base.kept_ranks().values()))
+    if run.ivon is not None and hasattr(run.ivon, "hess_stats"):
+        stats |= {f"hess_{k}": float(v) for k, v in run.ivon.hess_stats()[0].items()}
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(run: Run, loader: DataLoader) -> dict[str, float]:
+    """Dev-set metrics; under IVON with --ivon_infer_mc_samples K > 0 the prediction is the mean over K
+    posterior samples of the logits (regression scores included), else the posterior-mean model's."""
+    run.model.eval()
+    samples = run.args.ivon_infer_mc_samples if run.ivon is not None else 0
+    for batch in loader:
+        batch = {k: v.to(run.accelerator.device) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        if samples:
+            logits = 0
+            for _ in range(samples):
+                with run.ivon.sampled_params(train=False):
+                    logits = logits + run.model(**batch).logits.float()
+            logits = logits / samples
+        else:
+            logits = run.model(**batch).logits.float()
+        preds = logits[:, 0] if run.is_regression else logits.argmax(dim=-1)
+        run.metric.add_batch(predictions=preds.cpu().numpy(), references=labels.cpu().numpy())
+    run.model.train()
+    return run.metric.compute()
+
+
+def run_eval(run: Run, state: TrainState, log: JsonlLog, epoch: float) -> dict[str, float]:
+    """Evaluate on the dev split(s), log, and keep the best result by the task's primary metric."""
+    results = {f"eval_{k}": v for k, v in evaluate(run, run.eval_loaders["validation"]).items()}
+    if "validation_mismatched" in run.eval_loaders:  # MNLI: both dev sets (the fork kept only mismatched)
+        results |= {f"eval_{k}_mm": v for k, v in evaluate(run, run.eval_loaders["validation_mismatched"]).items()}
+    primary = "eval_" + PRIMARY_METRIC.get(run.metric_task, "accuracy")
+    if state.best_metric is None or results[primary] > state.best_metric:
+        state.best_metric, state.best_step, state.best_eval = results[primary], state.completed_steps, dict(results)
+    state.last_eval, state.last_eval_step = results, state.completed_steps
+    log.write({"step": state.completed_steps, "epoch": epoch} | results | _model_stats(run))
+    run.accelerator.print(f"step {state.completed_steps}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
+    if run.args.with_tracking:
+        run.accelerator.log(results, step=state.completed_steps)
+    if run.args.lr_scheduler_type == "reduce_lr_on_plateau" and not run.args.use_custom_lr_schedule:
+        run.scheduler.step(-results[primary])  # plateau scheduler minimises; higher metrics are better
+    return results
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+def _checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints (a step_<n> folder only appears by an atomic rename), oldest first."""
+    root = out / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [d for d in root.iterdir() if d.is_dir() and d.name.startswith("step_") and d.name[5:].isdigit()]
+    return sorted(found, key=lambda d: int(d.name[5:]))
+
+
+def _rng_states() -> dict:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(run: Run, state: TrainState) -> Path:
+    """Write OUT/checkpoints/step_<n>/ (trainable weights, optimizer, scheduler, allocator, RNG, data position).
+
+    Everything goes into a hidden temp folder first, which is then renamed, so a kill at any moment leaves
+    either the complete checkpoint or none.
+    """
+    root = run.out / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{state.completed_steps}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp_{final.name}_"))
+    model = run.peft_model
+    weights = model.state_dict() if run.kind == "full" else \
+        {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    torch.save(weights, tmp / "model.pt")
+    torch.save(run.optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(run.scheduler.state_dict(), tmp / "scheduler.pt")
+    if run.adaptive:
+        torch.save(model.base_model.allocator_state_dict(), tmp / "allocator.pt")
+    if run.accelerator.scaler is not None:
+        torch.save(run.accelerator.scaler.state_dict(), tmp / "scaler.pt")
+    torch.save(_rng_states(), tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps(dataclasses.asdict(state)))
+    os.chmod(tmp, 0o755)  # mkdtemp creates 0700 folders
+    if final.exists():  # e.g. an epoch checkpoint at the step of a step checkpoint: replace it
+        old = root / f".old_{final.name}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+    return final
+
+
+def load_checkpoint(run: Run, path: Path) -> TrainState:
+    """Restore a checkpoint written by save_checkpoint; the RNG state is restored by the caller, last."""
+    state = TrainState(**json.loads((path / "state.json").read_text()))
+    model = run.peft_model
+    weights = torch.load(path / "model.pt", map_location=run.accelerator.device, weights_only=False)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if unexpected or (trainable - set(weights)):
+        raise UsageError(f"checkpoint {path} does not match the model (missing {sorted(trainable - set(weights))[:3]},"
+                         f" unexpected {unexpected[:3]}); resume with the flags of the original run")
+    run.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+    run.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    if run.adaptive:
+        model.base_model.load_allocator_state_dict(torch.load(path / "allocator.pt", weights_only=False))
+    if (path / "scaler.pt").exists() and run.accelerator.scaler is not None:
+        run.accelerator.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=False))
+    return state
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+def _rank_masks(rank_pattern: dict | None) -> dict[str, list[bool]]:
+    """rank_pattern keys with the adapter name stripped: '<module path>.lora_E' -> [bool] * init_r."""
+    return {k.removesuffix(".default"): list(map(bool, v)) for k, v in (rank_pattern or {}).items()}
+
+
+def ivon_state_by_name(run: Run) -> dict[str, dict[str, torch.Tensor]]:
+    """IVON's per-parameter hess/momentum (via `param_state`), cut to the saved adapter's kept triplets.
+
+    AdaLoRA/VILoRA adapters are saved with only the kept triplets (A rows, E rows, B columns of the rank
+    pattern), so the per-element state is cut the same way and loads straight onto the resized adapter.
+    """
+    model = run.peft_model
+    masks = _rank_masks(model.peft_config["default"].rank_pattern) if run.adaptive else {}
+    result = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        st = {k: v.detach().clone().cpu() for k, v in run.ivon.param_state(p).items()}
+        for part, dim in ((".lora_A.", 0), (".lora_E.", 0), (".lora_B.", 1)):
+            if part in name:
+                module = name.split(part)[0].removeprefix("base_model.model.")
+                mask = masks.get(f"{module}.lora_E")
+                if mask is not None and len(mask) == p.shape[dim] and not all(mask):
+                    keep = torch.tensor(mask)
+                    st = {k: v[keep] if dim == 0 else v[:, keep] for k, v in st.items()}
+        result[name] = st
+    return result
+
+
+def load_ivon_state(run: Run, path: Path) -> None:
+    """Continue IVON from a saved adapter: copy its Hessian into the matching params (the fork restored hess
+    only; momentum and the step counter start afresh, as a new run's would)."""
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    for name, p in run.peft_model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name not in saved["params"] or saved["params"][name]["hess"].shape != p.shape:
+            raise UsageError(f"{path}: no IVON Hessian of shape {tuple(p.shape)} for {name}; was it saved with "
+                             "this adapter?")
+        run.ivon.param_state(p)["hess"].copy_(saved["params"][name]["hess"])
+    ess = run.ivon.param_groups[0].get("ess")
+    if ess is not None and saved.get("ess") != ess:
+        run.accelerator.print(f"note: {path.name} was trained with ess={saved.get('ess')}, this run uses ess={ess}")
+
+
+def _save_pretrained_atomic(obj, out: Path) -> None:
+    """save_pretrained into a temp folder in `out`, then move each file into place with os.replace."""
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".tmp_save_"))
+    try:
+        obj.save_pretrained(tmp)
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file():
+                target = out / f.relative_to(tmp)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(f, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_outputs(run: Run, state: TrainState) -> dict:
+    """Write the trained model/adapter, tokenizer, IVON state, rank pattern, and all_results.json last."""
+    out, model, args = run.out, run.peft_model, run.args
+    if not args.eval_only:
+        if run.ivon is not None:  # before save_pretrained: the pattern still matches the unresized tensors
+            _torch_save_atomic({"ess": run.ivon.param_groups[0].get("ess"),
+                                "weight_decay": run.ivon.param_groups[0].get("weight_decay"),
+                                "params": ivon_state_by_name(run)}, out / "ivon_state.pt")
+        _save_pretrained_atomic(model, out)
+        _save_pretrained_atomic(run.tokenizer, out)
+        if run.adaptive:
+            _write_json_atomic(out / "rank_pattern.json", _final_rank_pattern(run))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    results = dict(state.last_eval)
+    results |= {f"best_{k}": v for k, v in state.best_eval.items()}
+    cfg = getattr(model, "peft_config", {}).get("default")
+    results |= {"best_step": state.best_step, "task_name": args.task_name, "seed": state.seed,
+                "train_steps": state.completed_steps, "train_runtime_s": round(state.train_runtime_s, 3),
+                "trainable_params": trainable, "lora_type": run.kind, "use_ivon": run.ivon is not None,
+                "criterion": getattr(cfg, "criterion", None) or ("sensitivity" if run.kind == "adalora" else None)}
+    if run.adaptive:
+        results["kept_ranks"] = int(sum(model.base_model.kept_ranks().values()))
+    _write_json_atomic(out / "all_results.json", results)
+    return results
+
+
+def _final_rank_pattern(run: Run) -> dict[str, list[bool]]:
+    """The final rank pattern; all triplets kept for modules the allocator never masked."""
+    model = run.peft_model
+    masks = _rank_masks(model.peft_config["default"].rank_pattern)
+    init_r = model.peft_config["default"].init_r
+    for name, _ in model.named_parameters():
+        if ".lora_E." in name:
+            key = name.split(".lora_E.")[0].removeprefix("base_model.model.") + ".lora_E"
+            masks.setdefault(key, [True] * init_r)
+    return dict(sorted(masks.items()))
+
+
+def run_config(args: argparse.Namespace, seed: int) -> dict:
+    """Resolved args, seed, package versions, git commit and start time for run_config.json."""
+    versions = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "peft", "ivon", "accelerate", "datasets", "evaluate"):
+        try:
+            from importlib.metadata import version
+            versions[pkg] = version(pkg)
+        except Exception:
+            versions[pkg] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"args": vars(args), "seed": seed, "versions": versions, "git_commit": commit,
+            "start_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+# ----------------------------------------------------------------------------------------------- main
+def _setup(args: argparse.Namespace) -> tuple[Run, TrainState, Path | None]:
+    """Load data and model, build optimizer and schedule, and find the checkpoint to resume: everything that
+    can fail on bad input happens here, before the output directory is touched."""
+    out = Path(args.output_dir)
+    resume = None
+    if args.resume_from_checkpoint == "latest":
+        found = _checkpoints(out)
+        resume = found[-1] if found else None
+    elif args.resume_from_checkpoint is not None:
+        resume = Path(args.resume_from_checkpoint)
+        if not (resume / "state.json").is_file():
+            raise UsageError(f"--resume_from_checkpoint {resume} is not a checkpoint folder (no state.json)")
+    # A resumed run must shuffle with the original seed; a fresh run without --seed draws one and records it.
+    seed = json.loads((resume / "state.json").read_text())["seed"] if resume else \
+        (args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little") % 2**31)
+    log_with = None
+    if args.with_tracking:
+        log_with = [t for t in ("tensorboard", "wandb") if _importable(t)] if args.report_to == "all" else [args.report_to]
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, log_with=log_with, project_dir=str(out))
+    if accelerator.num_processes > 1:
+        raise UsageError("this script trains on a single process; run it without a distributed launcher")
+    transformers.set_seed(seed)
+    if not accelerator.is_local_main_process:
+        datasets.utils.logging.set_verbosity_error()
+        transformers.utils.logging.set_verbosity_error()
+
+    raw = load_glue(args)
+    is_regression, label_names, label_to_id = label_setup(args, raw)
+    plan = None if args.eval_only else plan_steps(args, len(raw["train"]))
+    model, tokenizer = build_model(args, 1 if is_regression else len(label_names), label_names)
+    kind = lora_kind(model)
+    if args.apply_lora and kind in ("adalora", "vilora") and args.lora_path is not None and not args.eval_only:
+        cfg = model.peft_config["default"]
+        if cfg.tinit >= plan.max_train_steps - cfg.tfinal:
+            raise UsageError(f"AdaLoRA schedule of {args.lora_path} impossible: tinit {cfg.tinit} must be below "
+                             f"total steps {plan.max_train_steps} - tfinal {cfg.tfinal}")
+    if kind == "vilora":
+        args.use_ivon = True
+    tokenized = tokenize_splits(args, raw, tokenizer, label_to_id)
+    collator = default_data_collator if args.pad_to_max_length else DataCollatorWithPadding(
+        tokenizer, pad_to_multiple_of=8 if args.mixed_precision in ("fp16", "bf16") else None)
+    eval_names = [s for s in tokenized if s != "train"]
+    eval_loaders = {("validation" if s == "validation_matched" else s):
+                    _loader(tokenized[s], collator, batch_size=args.per_device_eval_batch_size) for s in eval_names}
+    train_ds = tokenized.get("train")
+
+    optimizer = scheduler = None
+    if not args.eval_only:
+        optimizer = build_optimizer(args, model, len(train_ds), accelerator.device)
+        scheduler = build_scheduler(args, optimizer, plan)
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    else:
+        model = accelerator.prepare(model)
+    ivon_opt = None
+    if args.use_ivon:
+        import ivon
+        ivon_opt = ivon.unwrap_ivon(optimizer) if optimizer is not None else None
+    metric_task = args.task_name or ("stsb" if is_regression else "sst2")
+    run = Run(args, accelerator, model, tokenizer, optimizer, scheduler, ivon_opt, kind, train_ds, eval_loaders,
+              collator, plan, hf_evaluate.load(str(METRIC_DIR), metric_task), metric_task, is_regression, out)
+    if run.adaptive and not args.eval_only:
+        run.peft_model.peft_config["default"].total_step = plan.max_train_steps  # after prepare, as the fork
+        run.peft_model.base_model.set_optimizer(optimizer)
+    if ivon_opt is not None and args.lora_path is not None:
+        saved = Path(args.lora_path) / "ivon_state.pt"
+        if saved.is_file():
+            load_ivon_state(run, saved)
+        else:
+            accelerator.print(f"note: {args.lora_path} has no ivon_state.pt; IVON's Hessian starts at hess_init")
+    state = load_checkpoint(run, resume) if resume else TrainState(seed=seed)
+    return run, state, resume
+
+
+def _prepare_output_dir(run: Run, state: TrainState, resume: Path | None) -> JsonlLog:
+    """Start writing: clear a finished/abandoned run when overwriting, trim the log to the checkpoint."""
+    out, args = run.out, run.args
+    out.mkdir(parents=True, exist_ok=True)
+    if args.overwrite_output_dir:
+        (out / "all_results.json").unlink(missing_ok=True)
+        if resume is None:
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    log_path = out / "log.jsonl"
+    lines = log_path.read_text().splitlines(keepends=True)[:state.log_lines] if resume and log_path.exists() else []
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".log.jsonl.")
+    with os.fdopen(fd, "w") as f:
+        f.writelines(lines)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, log_path)  # lines a killed run wrote after its last checkpoint are dropped
+    _write_json_atomic(out / "run_config.json", run_config(args, state.seed) |
+                       ({"resumed_from": str(resume)} if resume else {}))
+    if args.with_tracking:
+        cfg = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        run.accelerator.init_trackers(args.project_prefix + (args.task_name or "custom"), cfg)
+    return JsonlLog(log_path, state)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the script; returns the exit status (0 ok, 1 training failed, 2 bad input)."""
+    try:
+        args = parse_args(argv)
+        validate_args(args)
+        run, state, resume = _setup(args)
+    except AlreadyFinished as e:
+        print(e, file=sys.stderr)
+        return 0
+    except UsageError as e:
+        print(f"run_glue_no_trainer.py: error: {e}", file=sys.stderr)
+        return 2
+    log = _prepare_output_dir(run, state, resume)
+    if resume is not None:
+        _set_rng_states(torch.load(resume / "rng.pt", weights_only=False))  # last, so nothing consumes it first
+        run.accelerator.print(f"resumed from {resume} at update {state.completed_steps}")
+    try:
+        if args.eval_only:
+            run_eval(run, state, log, epoch=0)
+        else:
+            train(run, state, log)
+    except TrainingError as e:
+        print(f"run_glue_no_trainer.py: error: {e}", file=sys.stderr)
+        return 1
+    results = save_outputs(run, state)
+    if run.adaptive:
+        run.accelerator.print("final rank allocation: " + json.dumps(run.peft_model.base_model.kept_ranks()))
+    run.accelerator.print("results: " + json.dumps({k: v for k, v in results.items() if k.startswith("eval_")}))
+    if args.with_tracking:
+        run.accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Helpers for the run_glue_no_trainer.py tests: a tiny DeBERTa-v2 with a made-up WordPiece vocabulary and
+tiny GLUE-layout data sets whose labels are learnable from one word."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+WORDS = ["good", "bad", "cat", "dog", "runs", "sits", "the", "a", "big", "small", "red", "blue", "house", "tree",
+         "sees", "likes", "fast", "slow", "man", "woman", "car", "road", "happy", "sad"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def make_tiny_model(path: Path) -> Path:
+    """Save a randomly initialised 2-layer DeBERTa-v2 (hidden 32) and a BERT WordPiece tokenizer to `path`."""
+    import torch
+    from transformers import BertTokenizerFast, DebertaV2Config, DebertaV2ForSequenceClassification
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = SPECIAL + WORDS + [".", ","]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    tok.save_pretrained(path)
+    config = DebertaV2Config(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=64, max_position_embeddings=64, relative_attention=True,
+                             pos_att_type=["c2p", "p2c"], position_buckets=16, max_relative_positions=32,
+                             pad_token_id=0, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    torch.manual_seed(0)
+    DebertaV2ForSequenceClassification(config).save_pretrained(path)
+    return path
+
+
+def _sentence(rng: random.Random, key: str | None) -> str:
+    words = rng.sample(WORDS[2:], 4)
+    if key is not None:
+        words.insert(rng.randrange(len(words)), key)
+    return " ".join(words) + " ."
+
+
+def write_tiny_glue(root: Path, task: str = "rte", n_train: int = 48, n_dev: int = 16, seed: int = 0) -> Path:
+    """Write <root>/<TASK>/train.tsv and dev.tsv in the GLUE layout; the label follows the word good/bad."""
+    rng = random.Random(seed)
+    folder = {"rte": "RTE", "stsb": "STS-B", "mrpc": "MRPC", "cola": "CoLA", "sst2": "SST-2",
+              "qnli": "QNLI", "wnli": "WNLI", "mnli": "MNLI", "qqp": "QQP"}[task]
+    (root / folder).mkdir(parents=True, exist_ok=True)
+    files = {"train.tsv": n_train, "dev.tsv": n_dev} if task != "mnli" else \
+        {"train.tsv": n_train, "dev_matched.tsv": n_dev, "dev_mismatched.tsv": n_dev}
+    for name, n in files.items():
+        lines = []
+        for i in range(n):
+            y = i % 2
+            s1 = _sentence(rng, "good" if y else "bad")
+            s2 = _sentence(rng, None)
+            if task == "rte" or task == "qnli":
+                if i == 0:
+                    lines.append(f"index\t{'question' if task == 'qnli' else 'sentence1'}\t"
+                                 f"{'sentence' if task == 'qnli' else 'sentence2'}\tlabel")
+                lines.append(f"{i}\t{s1}\t{s2}\t{'not_entailment' if y else 'entailment'}")
+            elif task == "stsb":
+                if i == 0:
+                    lines.append("index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore")
+                score = 4.0 + rng.random() if y else rng.random()
+                lines.append(f"{i}\tmain\tf\t2012\t{i}\tnone\tnone\t{s1}\t{s2}\t{score:.3f}")
+            elif task == "mrpc":
+                if i == 0:
+                    lines.append("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String")
+                lines.append(f"{y}\t{i}\t{i + 1000}\t{s1}\t{s2}")
+            elif task == "cola":
+                lines.append(f"src\t{y}\t{'' if y else '*'}\t{s1}")
+            elif task == "sst2":
+                if i == 0:
+                    lines.append("sentence\tlabel")
+                lines.append(f"{s1}\t{y}")
+            elif task == "mnli":
+                if i == 0:
+                    lines.append("index\tpromptID\tpairID\tgenre\tb1\tb2\tp1\tp2\tsentence1\tsentence2\tlabel1\tgold_label")
+                lab = ["entailment", "neutral", "contradiction"][i % 3]
+                lines.append(f"{i}\t0\t0\tfiction\tx\tx\tx\tx\t{s1}\t{s2}\t{lab}\t{lab}")
+        (root / folder / name).write_text("\n".join(lines) + "\n")
+    return root
+
+
+def read_results(out: Path) -> dict:
+    return json.loads((out / "all_results.json").read_text())
+
+
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
