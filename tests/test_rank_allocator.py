@@ -244,6 +244,19 @@ def test_ties_at_the_threshold_are_all_pruned():
     assert all(v == [False, False, False, True] for v in pattern.values())
 
 
+def test_zero_gradients_prune_everything_with_a_warning():
+    """SPEC C.7: zero (not None) grads give all-zero scores and `<=` prunes every triplet, as in AdaLoRA."""
+    model, cfg = FakeModel(), FakeConfig()
+    alloc = RankAllocator(model, cfg, AD)
+    for step in range(3):
+        for p in lora_params(model):
+            p.grad = torch.zeros_like(p)
+        alloc.update_and_allocate(model, step)
+    with pytest.warns(RuntimeWarning, match="all 24 triplet scores are equal .*\\(was zero_grad\\(\\) called before"):
+        alloc.update_and_allocate(model, 3)
+    assert kept_from_weights(model) == 0 and sum(alloc.kept_ranks(model).values()) == 0
+
+
 def test_triplet_score_is_e_plus_row_mean_of_a_plus_column_mean_of_b():
     model = FakeModel(r=3)
     alloc = RankAllocator(model, FakeConfig(target_r=1, criterion="mean"), AD)

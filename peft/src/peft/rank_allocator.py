@@ -15,6 +15,7 @@ before ``optimizer.zero_grad()`` (the sensitivity score needs the gradients).
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Any, Mapping
 
 import torch
@@ -251,7 +252,16 @@ class RankAllocator:
         scores = self.triplet_scores(model)
         k = self.init_bgt - budget
         if k > 0:
-            threshold = torch.cat([s.reshape(-1) for s in scores.values()]).kthvalue(k).values.item()
+            flat = torch.cat([s.reshape(-1) for s in scores.values()])
+            threshold = flat.kthvalue(k).values.item()
+            if flat.max().item() <= threshold:
+                warnings.warn(
+                    f"all {flat.numel()} triplet scores are equal ({threshold:g}), so every triplet is pruned; with the "
+                    "sensitivity criterion this means zero gradients (was zero_grad() called before "
+                    "update_and_allocate?)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
         else:
             threshold = float("-inf")
         lora = self._lora_params(model)
