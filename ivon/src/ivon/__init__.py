@@ -1,1 +1,7 @@
-"""The IVON optimizer."""
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The IVON optimizer (Improved Variational Online Newton), numerically identical to ivon-opt 0.1.3,
+with a per-parameter posterior API."""
+from .optimizer import IVON, hessian_estimate, hessian_update, momentum_update, param_update, unwrap_ivon
+
+__all__ = ["IVON", "unwrap_ivon", "momentum_update", "hessian_estimate", "hessian_update", "param_update"]
+__version__ = "0.1.3.post1"
