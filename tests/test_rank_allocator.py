@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Optional
 
 import pytest
 import torch
@@ -74,8 +73,8 @@ class FakeConfig:
     deltaT: int = 1
     beta1: float = 0.85
     beta2: float = 0.85
-    total_step: Optional[int] = 20
-    rank_pattern: Optional[dict] = None
+    total_step: int | None = 20
+    rank_pattern: dict | None = None
     criterion: str = "sensitivity"
 
 
@@ -280,6 +279,14 @@ def test_nothing_to_prune_when_target_equals_init():
         assert alloc.current_budget == 18
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     assert all(all(v) for v in cfg.rank_pattern.values())
+
+
+def test_target_rank_zero_prunes_everything_without_warning(recwarn):
+    model, cfg = FakeModel(r=2), FakeConfig(target_r=0, total_step=6, tinit=1, tfinal=2)
+    alloc = RankAllocator(model, cfg, AD)
+    run(model, alloc, torch.optim.SGD(model.parameters(), lr=0.05), range(6))
+    assert alloc.current_budget == kept_from_weights(model) == 0
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
 def test_sensitivity_ema_updates_at_every_step_before_t_minus_tfinal():

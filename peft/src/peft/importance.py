@@ -39,7 +39,7 @@ break monotonicity; for r < 0.05 the Taylor series (through r¹⁰, truncation e
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

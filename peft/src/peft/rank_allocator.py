@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -86,8 +87,7 @@ def validate_schedule(config: Any, init_bgt: int | None = None, target_bgt: int 
 
 
 def _strip_adapter(key: str, adapter_name: str) -> str:
-    suffix = "." + adapter_name
-    return key[: -len(suffix)] if key.endswith(suffix) else key
+    return key.removesuffix("." + adapter_name)
 
 
 @torch.no_grad()
@@ -254,7 +254,7 @@ class RankAllocator:
         if k > 0:
             flat = torch.cat([s.reshape(-1) for s in scores.values()])
             threshold = flat.kthvalue(k).values.item()
-            if flat.max().item() <= threshold:
+            if k < flat.numel() and flat.max().item() <= threshold:  # pruning all was not asked for
                 warnings.warn(
                     f"all {flat.numel()} triplet scores are equal ({threshold:g}), so every triplet is pruned; with the "
                     "sensitivity criterion this means zero gradients (was zero_grad() called before "
