@@ -28,9 +28,11 @@ a positive, decreasing function (Q(0) = 1/√(2π), Q(r) ≈ φ(r)/r² for large
     Var|θ| = σ²·(1 − 4·Q(r)·(r + Q(r)))
     E|θ| / Std|θ| = (r + 2Q) / √(1 − 4Q(r + Q)).
 
-``1 − 4Q(r+Q)`` rises monotonically from ``1 − 2/π ≈ 0.363`` (r = 0) to 1, so no cancellation is left;
-for large r, Q underflows to 0 and the score tends to r (the asymptote: Var|θ| → σ², E|θ| → |μ|).
-Evaluation is in float64 and the result is cast back to the inputs' dtype (at least float32).
+``1 − 4Q(r+Q)`` = Var|θ|/σ² rises from ``1 − 2/π ≈ 0.363`` (r = 0) to 1, so it never cancels badly.
+Q itself is computed as ``φ(r) − r·Φ̄(r)``, which loses ~r² ulps for large r, but that error is of order
+eps·φ(r) in absolute terms, far below the ``r`` it is added to. For r ≳ 38.5, Q underflows to exactly 0 and
+the score is exactly r (the asymptote: Var|θ| → σ², E|θ| → |μ|). Evaluation is in float64 and the result
+is cast back to the inputs' dtype (at least float32).
 
 Near r = 0 the score is extremely flat (its r² coefficient vanishes: s(r) = s₀ + 0.3035·r⁴ − …), so the
 closed form's rounding noise (~1e-16) would exceed the true increments between close grid points and
