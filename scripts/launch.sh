@@ -24,7 +24,7 @@
 #   DRY_RUN=1   print the commands (stdout, one per line) and run nothing
 #
 # Run directory: $OUTPUT_ROOT/<method>[-<criterion>]/rank<R>/<task>/seed<S>/, with the run's stdout and
-# stderr in train.log. A run whose all_results.json exists is skipped; a failed run is reported and the
+# stderr appended to train.log (after a line with the date and the command). A run whose all_results.json exists is skipped; a failed run is reported and the
 # sweep goes on; the last line is a summary, and the exit status is 1 if any run failed.
 set -euo pipefail
 
@@ -142,7 +142,9 @@ while IFS=$'\x1f' read -r -u 3 -a fields; do
     echo "$tag run: $name" >&2
     start=$SECONDS
     status=0
-    "${cmd[@]}" >"$out/train.log" 2>&1 </dev/null || status=$?
+    # Appended, so that the log of an earlier failed attempt survives a rerun.
+    echo "=== $(date -u '+%Y-%m-%d %H:%M:%S UTC') $(quote_cmd "${cmd[@]}")" >>"$out/train.log"
+    "${cmd[@]}" >>"$out/train.log" 2>&1 </dev/null || status=$?
     if [ $status -eq 0 ] && [ -f "$out/all_results.json" ]; then
         n_done=$((n_done + 1))
         echo "$tag done in $((SECONDS - start)) s: $name" >&2

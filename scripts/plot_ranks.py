@@ -98,8 +98,7 @@ def plot_ranks(run_dir: Path, out: Path) -> Path:
     grid, layers, columns, outside = rank_grid(ranks)
     top = int(init_r or max(ranks.values()) or 1)
     # One colour per possible rank 0..top, so that equal numbers look equal.
-    cmap = plt.get_cmap("YlGnBu", top + 1).copy()
-    cmap.set_bad("#eeeeee")  # matrices that are not adapted
+    cmap = plt.get_cmap("YlGnBu", top + 1).with_extremes(bad="#eeeeee")  # grey: matrices not adapted
     norm = dict(cmap=cmap, vmin=-0.5, vmax=top + 0.5)
 
     n_rows = max(len(layers), 1)

@@ -144,9 +144,7 @@ def _row_runs(row: dict[str, str], seeds: list[str], criteria: list[str], output
                     *row_flags(r), "--seed", seed, "--output_dir", str(out)]
             if glue_dir:
                 args += ["--glue_dir", glue_dir]
-            # The launcher writes train.log into the run directory before the script starts, and only
-            # starts runs without all_results.json, i.e. unfinished ones, which are redone from scratch.
-            args += ["--overwrite_output_dir", *extra_args]
+            args += extra_args
             runs.append(Run(out, tuple(args)))
     return runs
 
