@@ -102,7 +102,8 @@ def plot_ranks(run_dir: Path, out: Path) -> Path:
     norm = dict(cmap=cmap, vmin=-0.5, vmax=top + 0.5)
 
     n_rows = max(len(layers), 1)
-    fig, ax = plt.subplots(figsize=(1.25 * len(columns) + (2.4 if outside else 1.0), 0.42 * n_rows + 2.6))
+    fig, ax = plt.subplots(figsize=(1.25 * len(columns) + (2.4 if outside else 1.0), 0.42 * n_rows + 2.6),
+                           layout="constrained")  # keeps the colour bar clear of the tick labels
     im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", **norm)
     _annotate(ax, grid, top)
     ax.set_xticks(range(len(columns)), [COLUMN_LABELS[c] for c in columns], fontsize=9)
@@ -110,7 +111,7 @@ def plot_ranks(run_dir: Path, out: Path) -> Path:
     ax.set_ylabel("encoder layer (index in module path)")
     if outside:
         # Cells of the same height as the grid's, beside its top rows.
-        names = list(outside)
+        names = sorted(outside, key=lambda n: (n != "pooler", n))
         k = min(len(names), n_rows)
         side = ax.inset_axes([1.04, 1 - k / n_rows, 1 / len(columns), k / n_rows])
         column = np.array([[outside[n]] for n in names], dtype=float)
@@ -120,7 +121,7 @@ def plot_ranks(run_dir: Path, out: Path) -> Path:
         side.set_yticks(range(len(names)), names)
         side.yaxis.tick_right()
         side.set_title("outside\nlayers", fontsize=9)
-    bar = fig.colorbar(im, ax=ax, orientation="horizontal", fraction=0.04, pad=0.14, ticks=range(top + 1))
+    bar = fig.colorbar(im, ax=ax, orientation="horizontal", fraction=0.04, ticks=range(top + 1))
     bar.set_label("final rank" + (f" (of init_r = {init_r}); grey: not adapted" if init_r else ""))
     total = sum(ranks.values())
     name = "/".join(p for p in run_dir.resolve().parts[-4:] if p != "/")
