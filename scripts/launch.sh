@@ -24,8 +24,9 @@
 #   DRY_RUN=1   print the commands (stdout, one per line) and run nothing
 #
 # Run directory: $OUTPUT_ROOT/<method>[-<criterion>]/rank<R>/<task>/seed<S>/, with the run's stdout and
-# stderr appended to train.log (after a line with the date and the command). A run whose all_results.json exists is skipped; a failed run is reported and the
-# sweep goes on; the last line is a summary, and the exit status is 1 if any run failed.
+# stderr appended to train.log (after a line with the date and the command). A run whose all_results.json
+# exists is skipped; a failed run is reported and the sweep goes on; a summary ends the output, and the
+# exit status is 1 if any run failed.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -46,6 +47,10 @@ OUTPUT_ROOT="${OUTPUT_ROOT:-$repo/outputs}"
 LAUNCHER="${LAUNCHER:-local}"
 DRY_RUN="${DRY_RUN:-0}"
 NUM_PROCESSES="${NUM_PROCESSES:-1}"
+GLUE_DIR="${GLUE_DIR:-}"
+# Absolute paths, so that commands (and Slurm jobs) do not depend on the directory they start in.
+case "$OUTPUT_ROOT" in /*) ;; *) OUTPUT_ROOT="$PWD/$OUTPUT_ROOT" ;; esac
+case "$GLUE_DIR" in /* | "") ;; *) GLUE_DIR="$PWD/$GLUE_DIR" ;; esac
 
 case "$LAUNCHER" in
     local | accelerate | sbatch) ;;
@@ -92,7 +97,7 @@ quote_cmd() {  # print words so that a POSIX shell (and Python's shlex.split) re
 
 # One line per run: output dir and arguments separated by 0x1f (see sweep.py). A bad knob exits 2 here.
 plan="$("$PYTHON" "$here/sweep.py" --methods "$methods" --rank "${RANK:-2}" --tasks "${TASKS:-}" \
-    --seeds "${SEEDS:-}" --criteria "${CRITERIA:-}" --model "${MODEL:-}" --glue_dir "${GLUE_DIR:-}" \
+    --seeds "${SEEDS:-}" --criteria "${CRITERIA:-}" --model "${MODEL:-}" --glue_dir "$GLUE_DIR" \
     --output_root "$OUTPUT_ROOT" --extra_args "${EXTRA_ARGS:-}" -- "$@")" || exit $?
 
 total="$(printf '%s\n' "$plan" | grep -c .)" || true
@@ -103,7 +108,8 @@ while IFS=$'\x1f' read -r -u 3 -a fields; do
     n=$((n + 1))
     out="${fields[0]}"
     run_args=("${fields[@]:1}")
-    name="${out#"$OUTPUT_ROOT"/}"
+    rest="${out%/*/*/*/*}"
+    name="${out#"$rest"/}"  # <method>/rank<R>/<task>/seed<S>
     tag="[$n/$total]"
 
     if [ -f "$out/all_results.json" ]; then
