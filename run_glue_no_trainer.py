@@ -518,14 +518,23 @@ def build_model(args, num_labels: int, label_names: list[str] | None):
         config.id2label = dict(enumerate(label_names))
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, use_fast=not args.use_slow_tokenizer,
                                               trust_remote_code=args.trust_remote_code)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        args.model_name_or_path, config=config, ignore_mismatched_sizes=args.ignore_mismatched_sizes,
-        trust_remote_code=args.trust_remote_code)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            args.model_name_or_path, config=config, ignore_mismatched_sizes=args.ignore_mismatched_sizes,
+            trust_remote_code=args.trust_remote_code)
+    except RuntimeError as e:
+        if "ignore_mismatched_sizes" not in str(e):
+            raise
+        raise UsageError(f"{args.model_name_or_path} has weights (e.g. a classifier head) of other shapes than this "
+                         f"task needs ({num_labels} labels); pass --ignore_mismatched_sizes to re-initialise them") from None
     if args.gradient_checkpointing:
         if not model.supports_gradient_checkpointing:
             raise UsageError(f"--gradient_checkpointing: model type {config.model_type} does not support it")
         # Non-reentrant checkpointing also works when the inputs (frozen embeddings under LoRA) need no grad.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not args.apply_lora:
         return model, tokenizer
     import peft
@@ -683,10 +692,19 @@ def optimizer_update(run: Run, state: TrainState) -> float:
 
 def train(run: Run, state: TrainState, log: JsonlLog) -> None:
     """The training loop, shared by AdamW and IVON, resumable at any update boundary."""
+    bar = tqdm(total=run.plan.max_train_steps, initial=state.completed_steps, desc="train",
+               disable=not run.accelerator.is_local_main_process)
+    try:
+        _train_epochs(run, state, log, bar)
+    finally:
+        bar.close()  # before any error message, so that it is the last line on stderr
+
+
+def _train_epochs(run: Run, state: TrainState, log: JsonlLog, bar: tqdm) -> None:
+    """Epochs from the state's position: update after every `gas` micro-batches and at an epoch's end, then
+    log, maybe evaluate, maybe checkpoint; evaluate at each epoch's end."""
     args, plan = run.args, run.plan
     gas, n_batches = args.gradient_accumulation_steps, plan.batches_per_epoch
-    bar = tqdm(total=plan.max_train_steps, initial=state.completed_steps, desc="train",
-               disable=not run.accelerator.is_local_main_process)
     step_sleep = float(os.environ.get("RUN_GLUE_DEBUG_STEP_SLEEP", "0"))  # lets tests kill a run mid-way
     started = time.time() - state.train_runtime_s
     group_losses: list[float] = []
@@ -732,14 +750,13 @@ def train(run: Run, state: TrainState, log: JsonlLog) -> None:
         if state.last_eval_step != state.completed_steps:
             run_eval(run, state, log, epoch + state.batches_done / n_batches)
         log.write({"step": state.completed_steps, "epoch": epoch + 1,
-                   "train_loss": state.epoch_loss_sum / max(state.epoch_loss_count, 1), "epoch_end": True})
+                   "epoch_train_loss": state.epoch_loss_sum / max(state.epoch_loss_count, 1)})
         state.epoch, state.batches_done, state.epoch_loss_sum, state.epoch_loss_count = epoch + 1, 0, 0.0, 0
         state.train_runtime_s = time.time() - started
         if args.checkpointing_steps == "epoch":
             save_checkpoint(run, state)
         if state.completed_steps >= plan.max_train_steps:
             break
-    bar.close()
 
 
 def _model_stats(run: Run) -> dict:
@@ -787,7 +804,8 @@ def run_eval(run: Run, state: TrainState, log: JsonlLog, epoch: float) -> dict[s
     if state.best_metric is None or results[primary] > state.best_metric:
         state.best_metric, state.best_step, state.best_eval = results[primary], state.completed_steps, dict(results)
     state.last_eval, state.last_eval_step = results, state.completed_steps
-    log.write({"step": state.completed_steps, "epoch": epoch} | results | _model_stats(run))
+    n_eval = len(run.eval_loaders["validation"].dataset)
+    log.write({"step": state.completed_steps, "epoch": epoch} | results | _model_stats(run) | {"n_eval": n_eval})
     run.accelerator.print(f"step {state.completed_steps}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
     if run.args.with_tracking:
         run.accelerator.log(results, step=state.completed_steps)

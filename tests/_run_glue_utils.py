@@ -14,7 +14,7 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 def make_tiny_model(path: Path) -> Path:
     """Save a randomly initialised 2-layer DeBERTa-v2 (hidden 32) and a BERT WordPiece tokenizer to `path`."""
     import torch
-    from transformers import BertTokenizerFast, DebertaV2Config, DebertaV2ForSequenceClassification
+    from transformers import BertTokenizerFast, DebertaV2Config, DebertaV2Model
 
     path.mkdir(parents=True, exist_ok=True)
     vocab = SPECIAL + WORDS + [".", ","]
@@ -26,7 +26,7 @@ def make_tiny_model(path: Path) -> Path:
                              pos_att_type=["c2p", "p2c"], position_buckets=16, max_relative_positions=32,
                              pad_token_id=0, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
     torch.manual_seed(0)
-    DebertaV2ForSequenceClassification(config).save_pretrained(path)
+    DebertaV2Model(config).save_pretrained(path)  # no head: every task gets a fresh classifier
     return path
 
 
@@ -86,3 +86,31 @@ def read_results(out: Path) -> dict:
 
 def read_log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "run_glue_no_trainer.py"
+
+
+def load_script():
+    """Import run_glue_no_trainer.py as a module (it is a script at the repo root, not a package)."""
+    import importlib.util
+    import sys
+
+    if "run_glue_no_trainer" in sys.modules:
+        return sys.modules["run_glue_no_trainer"]
+    spec = importlib.util.spec_from_file_location("run_glue_no_trainer", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["run_glue_no_trainer"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def have_adapters() -> bool:
+    """True once the team's peft (get_peft_model, VILoraConfig) and ivon (IVON) packages are importable."""
+    try:
+        import ivon
+        import peft
+        return all(hasattr(peft, n) for n in ("get_peft_model", "VILoraConfig", "LoraConfig")) and hasattr(ivon, "IVON")
+    except ImportError:
+        return False
