@@ -16,6 +16,7 @@ import argparse
 import csv
 import shlex
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,13 +82,13 @@ def row_flags(row: dict[str, str]) -> list[str]:
 
 
 def _words(text: str) -> list[str]:
-    """Split a knob given as a space- or comma-separated list."""
-    return text.replace(",", " ").split()
+    """Split a knob given as a space- or comma-separated list (repeats dropped, order kept)."""
+    return list(dict.fromkeys(text.replace(",", " ").split()))
 
 
 def plan_runs(methods: list[str], ranks: list[str], tasks: list[str], seeds: list[str],
               criteria: list[str], output_root: Path, model: str = "", glue_dir: str = "",
-              extra_args: list[str] = (), table: list[dict[str, str]] | None = None) -> list[Run]:
+              extra_args: Sequence[str] = (), table: list[dict[str, str]] | None = None) -> list[Run]:
     """Expand table rows into runs, ordered rank -> task -> method -> criterion -> seed.
 
     methods: values of the table's ``script`` column; a task gets a run from every listed method that has a
