@@ -38,12 +38,18 @@ from typing import Any, Callable, Iterator
 import datasets
 import evaluate as hf_evaluate
 import numpy as np
+import peft
 import torch
-import transformers
-from accelerate import Accelerator
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
-from transformers import (
+
+# transformers' trainer utilities (which hold get_scheduler) import `PeftMixedModel` whenever a package named
+# peft is installed; ours has no mixed-adapter model, so alias the name until it does.
+if not hasattr(peft, "PeftMixedModel"):
+    peft.PeftMixedModel = getattr(peft, "PeftModel", type("PeftMixedModel", (), {}))
+import transformers  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+from transformers import (  # noqa: E402
     AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -946,6 +952,7 @@ def _save_pretrained_atomic(obj, out: Path) -> None:
             if f.is_file():
                 target = out / f.relative_to(tmp)
                 target.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(f, 0o644)
                 os.replace(f, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

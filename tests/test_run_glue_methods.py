@@ -1,0 +1,117 @@
+"""run_glue_no_trainer.py with adapters: every method x optimizer x LR schedule on a tiny DeBERTa-v2, continuing
+from a saved adapter with its IVON Hessian, and evaluating a saved adapter."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from _run_glue_utils import have_adapters, load_script, make_tiny_model, read_log, read_results, write_tiny_glue
+
+pytestmark = pytest.mark.skipif(not have_adapters(), reason="peft/ivon packages not available yet")
+rg = load_script()
+N_MODULES = 13  # tiny DeBERTa-v2 default targets: q/k/v/attention-output/intermediate/output per layer + pooler
+ADALORA = ["--adalora_init_r", "3", "--adalora_target_r", "2", "--adalora_tinit", "2", "--adalora_tfinal", "3",
+           "--adalora_delta_t", "1", "--lora_alpha", "16"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("methods")
+    return make_tiny_model(root / "model"), write_tiny_glue(root / "glue", "rte")
+
+
+def _run(tiny, out, *extra, task="rte", steps=8):
+    model, glue = tiny
+    argv = ["--model_name_or_path", str(model), "--task_name", task, "--glue_dir", str(glue), "--output_dir",
+            str(out), "--seed", "5", "--per_device_train_batch_size", "8", "--max_train_steps", str(steps)]
+    return rg.main(argv + [str(x) for x in extra])
+
+
+METHODS = [  # (lora_type or None for full fine-tuning, use_ivon)
+    (None, True), ("lora", False), ("lora", True), ("adalora", False), ("adalora", True), ("vilora", True)]
+
+
+@pytest.mark.parametrize("schedule", ["linear", "clr"])
+@pytest.mark.parametrize("lora_type,use_ivon", METHODS)
+def test_method_optimizer_schedule(tiny, tmp_path, lora_type, use_ivon, schedule):
+    out = tmp_path / "out"
+    extra = []
+    if lora_type:
+        extra += ["--apply_lora", "--lora_type", lora_type] + (ADALORA if lora_type != "lora" else ["--lora_r", "2"])
+    if use_ivon:
+        extra += ["--use_ivon", "--learning_rate", "0.05", "--ivon_infer_mc_samples", "2"]
+    else:
+        extra += ["--learning_rate", "1e-3"]
+    if schedule == "clr":
+        extra += ["--use_custom_lr_schedule", "--num_warmup_steps", "2", "--lr_schedule_const_epochs", "1",
+                  "--lr_schedule_first_lr", "0.04", "--lr_schedule_second_lr", "0.02", "--lr_schedule_end_lr", "0"]
+    assert _run(tiny, out, *extra) == 0
+    res = read_results(out)
+    kind = lora_type or "full"
+    assert res["lora_type"] == kind and res["use_ivon"] is use_ivon and res["train_steps"] == 8
+    assert res["criterion"] == {"vilora": "SNR_mean_abs", "adalora": "sensitivity"}.get(kind)
+    assert 0.0 <= res["eval_accuracy"] <= 1.0 and "best_eval_accuracy" in res
+    log = read_log(out)
+    train_lines = [r for r in log if "lr" in r]
+    assert len(train_lines) == 8
+    if schedule == "clr":  # W = 2, C = 1 epoch = 6 updates, N = 8; absolute lrs whatever the optimizer
+        assert [r["lr"] for r in train_lines] == pytest.approx([0.0, 0.02, 0.04, 0.04, 0.04, 0.04, 0.02, 0.01])
+    if lora_type:
+        assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+        assert not (out / "model.safetensors").exists()
+    else:
+        assert (out / "model.safetensors").is_file()
+    assert (out / "ivon_state.pt").is_file() == use_ivon
+    if use_ivon:
+        assert all("hess_mean" in r for r in train_lines)
+    if kind in ("adalora", "vilora"):
+        pattern = json.loads((out / "rank_pattern.json").read_text())
+        assert len(pattern) == N_MODULES and all(len(v) == 3 for v in pattern.values())
+        assert not any(".default" in k for k in pattern)
+        kept = sum(map(sum, pattern.values()))
+        # total 8 steps, tfinal 3: the final phase fixes the budget at target_r x modules
+        assert kept == res["kept_ranks"] == 2 * N_MODULES
+        assert train_lines[-1]["budget"] == 2 * N_MODULES and train_lines[-1]["kept_ranks"] == kept
+        cfg = json.loads((out / "adapter_config.json").read_text())
+        assert cfg["rank_pattern"] == pattern and cfg["total_step"] == 8
+
+
+def test_custom_schedule_with_ivon_sets_absolute_lrs(tiny, tmp_path):
+    out = tmp_path / "out"
+    assert _run(tiny, out, "--apply_lora", "--lora_type", "vilora", *ADALORA, "--use_custom_lr_schedule",
+                "--num_warmup_steps", "2", "--lr_schedule_const_epochs", "1", "--lr_schedule_first_lr", "0.04",
+                "--lr_schedule_second_lr", "0.02", "--lr_schedule_end_lr", "0", "--learning_rate", "123") == 0
+    lrs = [r["lr"] for r in read_log(out) if "lr" in r]
+    # --learning_rate is ignored; W = 2, C = 6 updates (1 epoch), N = 8
+    assert lrs == pytest.approx([0.0, 0.02, 0.04, 0.04, 0.04, 0.04, 0.02, 0.01])
+
+
+def test_continue_from_saved_adapter_with_ivon_hessian(tiny, tmp_path, monkeypatch):
+    first = tmp_path / "first"
+    assert _run(tiny, first, "--apply_lora", "--lora_type", "vilora", *ADALORA, "--learning_rate", "0.05") == 0
+    saved = torch.load(first / "ivon_state.pt", weights_only=False)
+    checked = {}
+    real = rg.load_ivon_state
+
+    def spy(run, path):
+        real(run, path)
+        for name, p in run.peft_model.named_parameters():
+            if p.requires_grad:
+                assert torch.equal(run.ivon.param_state(p)["hess"], saved["params"][name]["hess"]), name
+                checked[name] = tuple(p.shape)
+
+    monkeypatch.setattr(rg, "load_ivon_state", spy)
+    second = tmp_path / "second"
+    assert _run(tiny, second, "--apply_lora", "--lora_type", "vilora", "--lora_path", str(first),
+                "--learning_rate", "0.05", steps=8) == 0
+    assert checked and any(s[0] < 3 for n, s in checked.items() if ".lora_A." in n)  # resized adapters
+    res = read_results(second)
+    assert res["lora_type"] == "vilora" and res["train_steps"] == 8
+    # evaluate the saved adapter only
+    third = tmp_path / "third"
+    assert _run(tiny, third, "--apply_lora", "--lora_path", str(first), "--eval_only") == 0
+    # the saved adapter reproduces the first run's final (posterior-mean) evaluation
+    assert read_results(third)["eval_accuracy"] == read_results(first)["eval_accuracy"]
+    assert read_results(third)["train_steps"] == 0
