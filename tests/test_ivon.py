@@ -39,7 +39,7 @@ def test_fused_update_equals_pure_functions(hess_approx, clip_radius):
     mu = ivon.param_update(mean, m, h, lr, hyper["weight_decay"], debias, clip_radius)
 
     fused = [t.clone() for t in (mean, momentum, hess, avg_grad, avg_sample)]
-    _fused_update_(*fused, torch.empty(n), torch.empty(n), hess_approx=hess_approx, lr=lr, debias=debias,
+    _fused_update_(*fused, torch.empty(n), hess_approx=hess_approx, lr=lr, debias=torch.tensor(debias),
                    clip_radius=clip_radius, **hyper)  # fmt: skip
     assert_bit_equal(fused[:3], [mu, m, h])
 
@@ -413,3 +413,23 @@ def test_closure_step_averages_mc_samples():
     loss = opt.step(closure)
     assert_bit_equal(snapshot(opt, params), expected)
     assert len(losses) == 2 and loss == (losses[0] + losses[1]) / 2
+
+
+def test_deepcopy_and_pickle_keep_settings_and_trajectory():
+    import copy
+    import pickle
+
+    params = make_params(0)
+    opt = two_groups(params, hess_approx="gradsq", debias=False, mc_samples=2)
+    torch.manual_seed(4)
+    train(opt, params, 2, mc_samples=2)
+    clone = copy.deepcopy({"opt": opt, "params": params})
+    unpickled = pickle.loads(pickle.dumps({"opt": opt, "params": params}))
+    results = []
+    for o, ps in ((opt, params), (clone["opt"], clone["params"]), (unpickled["opt"], unpickled["params"])):
+        assert (o.hess_approx, o.debias, o.mc_samples, o.current_step) == ("gradsq", False, 2, 2)
+        torch.manual_seed(8)
+        train(o, ps, 2, mc_samples=2)
+        results.append(snapshot(o, ps))
+    assert_bit_equal(results[1], results[0])
+    assert_bit_equal(results[2], results[0])

@@ -13,7 +13,7 @@ CONFIGS = {
     "gradsq_plain": dict(lr=0.05, ess=50.0, hess_approx="gradsq", debias=False, rescale_lr=False, beta2=0.9),
     "gradsq_mc2": dict(lr=0.05, ess=50.0, hess_approx="gradsq", mc_samples=2, beta1=0.5, hess_init=0.3, clip_radius=0.2),
     "price_nodebias_nowd": dict(lr=0.02, ess=30.0, debias=False, weight_decay=0.0, beta2=0.999, hess_init=2.0),
-    "price_norescale_mc2": dict(lr=0.02, ess=5.0, rescale_lr=False, mc_samples=2, beta1=0.0, clip_radius=1.0),
+    "price_norescale_mc3": dict(lr=0.02, ess=5.0, rescale_lr=False, mc_samples=3, beta1=0.0, clip_radius=1.0),
 }
 # The second group overrides some hyperparameters, so per-group values must be used everywhere.
 GROUP1 = dict(lr=0.01, ess=7.0, weight_decay=0.1, beta1=0.8, clip_radius=0.05)

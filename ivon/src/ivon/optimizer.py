@@ -106,8 +106,7 @@ def _fused_update_(
     hess: Tensor,
     avg_grad: Tensor,
     avg_sample: Tensor,
-    scratch1: Tensor,
-    scratch2: Tensor,
+    scratch: Tensor,
     *,
     hess_approx: str,
     beta1: float,
@@ -115,28 +114,30 @@ def _fused_update_(
     ess: float,
     weight_decay: float,
     lr: float,
-    debias: float,
+    debias: Tensor,
     clip_radius: float,
 ) -> None:
-    """One IVON update in place: the four pure functions above, same operations in the same order.
+    """One IVON update in place: the four pure functions above, same roundings in the same order.
 
-    ``mean``, ``momentum`` and ``hess`` are updated; ``avg_grad``, ``avg_sample`` and the two scratch
-    tensors (all the same shape) are overwritten.
+    ``mean``, ``momentum`` and ``hess`` are updated; ``avg_grad``, ``avg_sample`` and ``scratch`` (all
+    the same shape) are overwritten. ``debias`` is d as a 0-dim tensor of the state's dtype.
+    ``addcdiv_(t1, t2, value=v)`` computes ``self + (v·t1)/t2`` with exactly the roundings of the
+    separate operations, so it fuses three passes into one (``addcmul_`` and ``add_(alpha=)`` would
+    not: they may round once for a multiply-add).
     """
     # m' = β1·m + (1−β1)·ḡ
     momentum.mul_(beta1).add_(avg_grad.mul_(1.0 - beta1))
-    # f, then h' from the old h
-    h_plus_wd = torch.add(hess, weight_decay, out=scratch1)
+    # f, then h' = (β2·h + (1−β2)·f) + (½(1−β2)²·(h−f)²)/(h+δ) from the old h
+    h_plus_wd = torch.add(hess, weight_decay, out=scratch)
     f = avg_sample
     if hess_approx == "price":
         f.mul_(h_plus_wd)
     f.mul_(ess)
-    third = torch.sub(hess, f, out=scratch2).square_().mul_(0.5 * (1.0 - beta2) ** 2).div_(h_plus_wd)
-    hess.mul_(beta2).add_(f.mul_(1.0 - beta2)).add_(third)
-    # μ' from the new h
-    h_plus_wd = torch.add(hess, weight_decay, out=scratch1)
-    direction = torch.div(momentum, debias, out=scratch2)
-    direction.add_(torch.mul(mean, weight_decay, out=avg_grad)).div_(h_plus_wd)
+    square = torch.sub(hess, f, out=avg_grad).square_()
+    hess.mul_(beta2).add_(f.mul_(1.0 - beta2)).addcdiv_(square, h_plus_wd, value=0.5 * (1.0 - beta2) ** 2)
+    # μ' = μ − lr·clip((δ·μ + m/d)/(h'+δ)) with the new h
+    h_plus_wd = torch.add(hess, weight_decay, out=scratch)
+    direction = torch.mul(mean, weight_decay, out=avg_grad).addcdiv_(momentum, debias).div_(h_plus_wd)
     if clip_radius != math.inf:  # clamp(x, -inf, inf) is the identity, NaN included
         direction.clamp_(-clip_radius, clip_radius)
     mean.sub_(direction.mul_(lr))
@@ -172,6 +173,9 @@ def _check_hyperparameter(name: str, value: Any, where: str = "") -> None:
         ok = False
     if not ok:
         raise ValueError(f"IVON: invalid {name}{where}: {value!r}; {name} must be {valid}")
+
+
+_SETTINGS = ("mc_samples", "hess_approx", "sync", "debias", "rescale_lr", "current_step", "_numel", "_device", "_dtype")
 
 
 class IVON(torch.optim.Optimizer):
@@ -248,14 +252,29 @@ class IVON(torch.optim.Optimizer):
             self._init_group(group, self._device)
         self._numel = sum(group["numel"] for group in self.param_groups)
 
-        # Not state: caches that can be rebuilt from the parameters at any time.
+        self._init_caches()
+        self._reset_samples()
+        self._ready = True
+
+    def _init_caches(self) -> None:
+        """Working memory that is not state: rebuilt from the parameters whenever needed."""
         self._means: list[Optional[tuple[Tensor, tuple[Tensor, ...], tuple[int, ...]]]] = []
         self._buffers: dict[str, Tensor] = {}
         self._noise: Optional[Tensor] = None  # scaled noise of the sample being drawn, all groups
         self._saved_means: Optional[list[tuple[Tensor, ...]]] = None  # set inside sampled_params
         self._index: Optional[dict[int, tuple[Tensor, int, int, int]]] = None
-        self._reset_samples()
-        self._ready = True
+
+    def __getstate__(self) -> dict[str, Any]:
+        # torch pickles only defaults/state/param_groups; IVON's settings must survive copy/pickle too
+        state = super().__getstate__()
+        state.update({k: getattr(self, k) for k in _SETTINGS})
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "_means" not in self.__dict__:  # unpickled or copied, not load_state_dict
+            self._init_caches()
+            self._ready = True
 
     # -- setup ---------------------------------------------------------------------------------------
 
@@ -267,6 +286,8 @@ class IVON(torch.optim.Optimizer):
         for name in _RANGES:
             _check_hyperparameter(name, group[name], where)
         if getattr(self, "_ready", False):  # groups given to the constructor are set up there
+            if self.state["count"] or self._saved_means is not None:
+                raise RuntimeError("IVON.add_param_group() between a gradient sample and step() is not supported")
             dtypes = {p.dtype for p in group["params"]} - {self._dtype}
             if dtypes:
                 raise ValueError(f"IVON: param group{where} has dtype {dtypes.pop()}, expected {self._dtype}")
@@ -467,8 +488,7 @@ class IVON(torch.optim.Optimizer):
         self.current_step += 1
         key = "avg_nxg" if self.hess_approx == "price" else "avg_gsq"
         avg_grad, avg_sample = self.state["avg_grad"], self.state[key]
-        scratch1 = self._buffer("noise", avg_grad, self._numel)
-        scratch2 = self._buffer("sample", avg_grad, self._numel)
+        scratch = self._buffer("scratch", avg_grad, min(self._numel, _CHUNK))
         for gi, group, sl in self._group_slices():
             mean, _ = self._group_means(gi)
             beta1, wd = group["beta1"], group["weight_decay"]
@@ -476,11 +496,11 @@ class IVON(torch.optim.Optimizer):
                 hess_approx=self.hess_approx, beta1=beta1, beta2=group["beta2"], ess=group["ess"],
                 weight_decay=wd, clip_radius=group["clip_radius"],
                 lr=group["lr"] * (group["hess_init"] + wd) if self.rescale_lr else group["lr"],
-                debias=1.0 - beta1 ** self.current_step if self.debias else 1.0,
+                debias=torch.full((), 1.0 - beta1**self.current_step if self.debias else 1.0, dtype=mean.dtype, device=mean.device),
             )  # fmt: skip
-            tensors = (mean, group["momentum"], group["hess"], avg_grad[sl], avg_sample[sl], scratch1[sl], scratch2[sl])
+            tensors = (mean, group["momentum"], group["hess"], avg_grad[sl], avg_sample[sl])
             for chunk in _chunks(*tensors):
-                _fused_update_(*chunk, **hyper)
+                _fused_update_(*chunk, scratch[: chunk[0].numel()], **hyper)
 
     # -- state dict ----------------------------------------------------------------------------------
 

@@ -1,0 +1,79 @@
+"""Cost of one IVON training cycle relative to one AdamW step, at 1e5, 1e6 and 1e7 parameters.
+
+IVON cycle = ``sampled_params(train=True)`` (draw + restore, gradients assigned instead of a backward)
++ ``step()``; AdamW = ``torch.optim.AdamW(foreach=True).step()`` on the same shapes. The two are timed
+alternately in one run and the median of ``--repeats`` is reported, so machine noise hits both alike.
+
+    .venv/bin/python bench/ivon_step.py [--threads 1] [--repeats 9] [--sizes 1e5 1e6 1e7]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import ivon
+
+
+def shapes_for(n: int) -> list[tuple[int, ...]]:
+    """A transformer-block-like mix for about ``n`` parameters: d×d and 3d×d weights, two biases."""
+    d = round((n / 4) ** 0.5)
+    return [(d, d), (3 * d, d), (d,), (3 * d,)]
+
+
+def make(shapes, seed):
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(*s, generator=g)) for s in shapes]
+    grads = [torch.randn(*s, generator=g) for s in shapes]
+    return params, grads
+
+
+def time_once(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bench(n: int, repeats: int) -> tuple[int, float, float]:
+    shapes = shapes_for(n)
+    ivon_params, grads = make(shapes, 0)
+    adam_params, adam_grads = make(shapes, 0)
+    opt = ivon.IVON(ivon_params, lr=0.1, ess=1e4)
+    adamw = torch.optim.AdamW(adam_params, lr=1e-3, foreach=True)
+    for p, g in zip(adam_params, adam_grads):
+        p.grad = g
+
+    def ivon_cycle():
+        with opt.sampled_params(train=True):
+            for p, g in zip(ivon_params, grads):
+                p.grad = g  # stands in for backward()
+        opt.step()
+
+    ivon_times, adam_times = [], []
+    for i in range(repeats + 1):  # the first round warms up (allocations, lazy state)
+        t_ivon, t_adam = time_once(ivon_cycle), time_once(adamw.step)
+        if i:
+            ivon_times.append(t_ivon)
+            adam_times.append(t_adam)
+    return sum(p.numel() for p in ivon_params), statistics.median(ivon_times), statistics.median(adam_times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--sizes", type=float, nargs="+", default=[1e5, 1e6, 1e7])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), median of {args.repeats}")
+    print(f"{'params':>10} {'IVON ms':>9} {'AdamW ms':>9} {'ratio':>6}")
+    for n in args.sizes:
+        repeats = args.repeats if n < 5e6 else max(3, args.repeats // 2)
+        numel, t_ivon, t_adam = bench(int(n), repeats)
+        print(f"{numel:>10} {t_ivon * 1e3:>9.2f} {t_adam * 1e3:>9.2f} {t_ivon / t_adam:>6.2f}")
+
+
+if __name__ == "__main__":
+    main()
