@@ -7,14 +7,15 @@ from .adalora import AdaLoraModel, SVDLinear, VILoraModel
 from .config import AdaLoraConfig, LoraConfig, PeftConfig, PeftType, TaskType, VILoraConfig
 from .lora import LoraLinear
 from .mapping import get_peft_model
-from .peft_model import PeftModel, PeftModelForSequenceClassification, PeftModelForTokenClassification
+from .peft_model import (PeftMixedModel, PeftModel, PeftModelForSequenceClassification,
+                         PeftModelForTokenClassification)
 from .save_load import get_peft_model_state_dict, set_peft_model_state_dict
 from .tuner import LoraModel
 
 __version__ = "0.11.1+vilora"
 
 __all__ = [
-    "AdaLoraConfig", "AdaLoraModel", "LoraConfig", "LoraLinear", "LoraModel", "PeftConfig", "PeftModel",
+    "AdaLoraConfig", "AdaLoraModel", "LoraConfig", "LoraLinear", "LoraModel", "PeftConfig", "PeftMixedModel", "PeftModel",
     "PeftModelForSequenceClassification", "PeftModelForTokenClassification", "PeftType", "SVDLinear", "TaskType",
     "VILoraConfig", "VILoraModel", "get_peft_model", "get_peft_model_state_dict", "set_peft_model_state_dict",
 ]

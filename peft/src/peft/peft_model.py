@@ -188,6 +188,14 @@ class PeftModelForTokenClassification(PeftModel):
     """``PeftModel`` for ``task_type="TOKEN_CLS"``."""
 
 
+class PeftMixedModel(nn.Module):
+    """Not implemented: mixing adapter types in one model. The name exists because transformers'
+    ``trainer_utils`` runs ``from peft import PeftMixedModel, PeftModel`` whenever a ``peft`` is installed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError("PeftMixedModel (several adapter types in one model) is not implemented here")
+
+
 TASK_MODEL_CLASSES: dict[str, type[PeftModel]] = {
     "SEQ_CLS": PeftModelForSequenceClassification,
     "TOKEN_CLS": PeftModelForTokenClassification,
