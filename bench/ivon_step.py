@@ -4,7 +4,7 @@ IVON cycle = ``sampled_params(train=True)`` (draw + restore, gradients assigned 
 + ``step()``; AdamW = ``torch.optim.AdamW(foreach=True).step()`` on the same shapes. The two are timed
 alternately in one run and the median of ``--repeats`` is reported, so machine noise hits both alike.
 
-    .venv/bin/python bench/ivon_step.py [--threads 1] [--repeats 9] [--sizes 1e5 1e6 1e7]
+    .venv/bin/python bench/ivon_step.py [--threads 1] [--repeats 9] [--sizes 1e5 1e6 1e7] [--clock cpu|wall]
 """
 from __future__ import annotations
 
@@ -30,13 +30,13 @@ def make(shapes, seed):
     return params, grads
 
 
-def time_once(fn) -> float:
-    start = time.perf_counter()
+def time_once(fn, clock) -> float:
+    start = clock()
     fn()
-    return time.perf_counter() - start
+    return clock() - start
 
 
-def bench(n: int, repeats: int) -> tuple[int, float, float]:
+def bench(n: int, repeats: int, clock=time.process_time) -> tuple[int, float, float]:
     shapes = shapes_for(n)
     ivon_params, grads = make(shapes, 0)
     adam_params, adam_grads = make(shapes, 0)
@@ -53,7 +53,7 @@ def bench(n: int, repeats: int) -> tuple[int, float, float]:
 
     ivon_times, adam_times = [], []
     for i in range(repeats + 1):  # the first round warms up (allocations, lazy state)
-        t_ivon, t_adam = time_once(ivon_cycle), time_once(adamw.step)
+        t_ivon, t_adam = time_once(ivon_cycle, clock), time_once(adamw.step, clock)
         if i:
             ivon_times.append(t_ivon)
             adam_times.append(t_adam)
@@ -65,13 +65,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e5, 1e6, 1e7])
+    parser.add_argument(
+        "--clock", choices=["cpu", "wall"], default="cpu",
+        help="cpu: process CPU time (default; stable on a shared machine), wall: elapsed time",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), median of {args.repeats}")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.clock} time, median of {args.repeats}")
     print(f"{'params':>10} {'IVON ms':>9} {'AdamW ms':>9} {'ratio':>6}")
     for n in args.sizes:
         repeats = args.repeats if n < 5e6 else max(3, args.repeats // 2)
-        numel, t_ivon, t_adam = bench(int(n), repeats)
+        numel, t_ivon, t_adam = bench(int(n), repeats, clock)
         print(f"{numel:>10} {t_ivon * 1e3:>9.2f} {t_adam * 1e3:>9.2f} {t_ivon / t_adam:>6.2f}")
 
 

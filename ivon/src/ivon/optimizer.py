@@ -42,7 +42,7 @@ HESS_APPROXES = ("price", "gradsq")
 
 # Elementwise work is done in slices of this many elements, so that the ~20 passes of an update hit
 # the L2 cache instead of main memory. Slicing never changes a result: every operation is elementwise.
-_CHUNK = 1 << 16
+_CHUNK = 1 << 18
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -143,8 +143,10 @@ def _fused_update_(
     mean.sub_(direction.mul_(lr))
 
 
-def _chunks(*tensors: Tensor) -> Iterator[tuple[Tensor, ...]]:
+def _chunks(*tensors: Tensor) -> Iterable[tuple[Tensor, ...]]:
     """Aligned slices of equally long flat tensors."""
+    if tensors[0].numel() <= _CHUNK:
+        return (tensors,)
     return zip(*(t.split(_CHUNK) for t in tensors))
 
 
