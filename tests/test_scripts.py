@@ -523,14 +523,26 @@ def test_plot_curves(tmp_path):
 
 
 # ------------------------------------------------------------------------------- the real training script
-def test_generated_commands_parse_with_the_training_script(grid_commands):
-    """One command per table row goes through run_glue_no_trainer.parse_args (skipped until it imports)."""
-    if not (REPO / "run_glue_no_trainer.py").is_file():
-        pytest.skip("run_glue_no_trainer.py not there yet")
+def _run_glue_utils():
+    sys.path.insert(0, str(REPO / "tests"))
     try:
-        script = _module_at(REPO / "run_glue_no_trainer.py")
-    except Exception as e:  # the script or its packages are still being written
-        pytest.skip(f"run_glue_no_trainer.py does not import yet: {e}")
+        import _run_glue_utils
+    finally:
+        sys.path.remove(str(REPO / "tests"))
+    return _run_glue_utils
+
+
+def _training_script():
+    """run_glue_no_trainer.py as a module, shared with the script's own tests; skips while it cannot run."""
+    rg = _run_glue_utils()
+    if not (REPO / "run_glue_no_trainer.py").is_file() or not rg.have_adapters():
+        pytest.skip("run_glue_no_trainer.py or its peft/ivon packages are not there yet")
+    return rg.load_script()
+
+
+def test_generated_commands_parse_with_the_training_script(grid_commands):
+    """One command per table row (seed 2021) goes through run_glue_no_trainer.parse_args unchanged."""
+    script = _training_script()
     _, commands = grid_commands
     for out, flags in commands.items():
         if not out.name.endswith("2021"):
@@ -542,9 +554,32 @@ def test_generated_commands_parse_with_the_training_script(grid_commands):
             assert parsed is True if v is True else str(parsed) == v or float(parsed) == float(v), (out, k)
 
 
-def _module_at(path: Path):
-    spec = importlib.util.spec_from_file_location("run_glue_for_scripts_test", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+def test_end_to_end_with_the_training_script(tmp_path):
+    """A tiny VILoRA run from vilora_clr.sh's own command, then summarize and both plots on its outputs.
+    (The launcher's real-run behaviour is tested with the stub above; this checks the files it reads.)"""
+    script = _training_script()
+    rg = _run_glue_utils()
+    model = rg.make_tiny_model(tmp_path / "model")
+    glue = rg.write_tiny_glue(tmp_path / "glue", "rte")
+    root = tmp_path / "out"
+    # The table's RTE row, shrunk to 6 updates: budget phases and the custom schedule's constant phase too.
+    extra = ("--max_train_steps 6 --max_length 32 --per_device_train_batch_size 8 --per_device_eval_batch_size 16 "
+             "--adalora_tinit 1 --adalora_tfinal 2 --num_warmup_steps 1 --lr_schedule_const_epochs 0.5 "
+             "--eval_steps 2 --eval_after_epochs 0")
+    (words,) = dry_run("vilora_clr.sh", root, TASKS="rte", SEEDS="1", MODEL=str(model), GLUE_DIR=str(glue),
+                       EXTRA_ARGS=extra)
+    assert script.main(training_words(words)) == 0
+    run = root / "vilora_clr" / "rank2" / "rte" / "seed1"
+    summarize = _module("summarize")
+    (found,) = summarize.find_runs(root)
+    assert (found.method, found.rank, found.task, found.seed) == ("vilora_clr", "2", "rte", "1")
+    assert 0 <= found.values[0] <= 100
+    plot_ranks = _module("plot_ranks")
+    ranks, init_r = plot_ranks.load_rank_pattern(run)
+    assert init_r == 3 and all(0 <= r <= 3 for r in ranks.values())
+    grid, layers, columns, _ = plot_ranks.rank_grid(ranks)
+    assert layers == [0, 1] and columns == plot_ranks.COLUMNS  # every DeBERTa-v2 name is recognised
+    assert plot_ranks.plot_ranks(run, tmp_path / "ranks.png").read_bytes()[:8] == PNG
+    plot_curves = _module("plot_curves")
+    assert plot_curves.collect(root)["rte"]["vilora_clr r2"]
+    assert plot_curves.plot_curves(root, tmp_path / "curves.png").read_bytes()[:8] == PNG
