@@ -45,6 +45,7 @@ class Run:
 
     output_dir: Path
     args: tuple[str, ...]
+    criterion: str | None = None  # set for the runs of a criterion sweep
 
 
 def load_table(path: Path = TABLE) -> list[dict[str, str]]:
@@ -146,7 +147,7 @@ def _row_runs(row: dict[str, str], seeds: list[str], criteria: list[str], output
             if glue_dir:
                 args += ["--glue_dir", glue_dir]
             args += extra_args
-            runs.append(Run(out, tuple(args)))
+            runs.append(Run(out, tuple(args), criterion))
     return runs
 
 
@@ -177,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:  # PlanError, or unbalanced quotes in EXTRA_ARGS
         print(f"sweep: error: {e}", file=sys.stderr)
         return 2
+    if a.criteria and not any(r.criterion for r in runs):
+        print(f"sweep: note: CRITERIA is ignored: {a.methods} rows set no criterion "
+              "(the *_criterion scripts sweep criteria)", file=sys.stderr)
     for run in runs:
         print(SEP.join((str(run.output_dir), *run.args)))
     return 0

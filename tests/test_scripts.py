@@ -232,6 +232,12 @@ def test_knobs_reach_the_command(tmp_path):
     assert flags[0]["output_dir"] == str(tmp_path / "adalora" / "rank4" / "rte" / "seed7")
 
 
+def test_criteria_knob_is_ignored_with_a_note_by_scripts_without_criterion(tmp_path):
+    res = run_script("adalora.sh", tmp_path, DRY_RUN="1", CRITERIA="mean", TASKS="rte", SEEDS="1")
+    assert res.returncode == 0 and "CRITERIA is ignored" in res.stderr
+    assert "--vilora_criterion" not in res.stdout
+
+
 @pytest.mark.parametrize("knobs,message", [
     ({"RANK": "3"}, "RANK must be 2 or 4"),
     ({"TASKS": "wnli"}, "no rank-2 row for task 'wnli'"),
