@@ -245,6 +245,8 @@ class AdaLoraConfig(LoraConfig):
 
     def __post_init__(self) -> None:
         self.peft_type = PeftType.ADALORA
+        if self.r != 8:
+            warnings.warn("AdaLoraConfig.r is ignored; the adapter rank is init_r", stacklevel=3)
         self.validate()
 
     @property
@@ -268,8 +270,6 @@ class AdaLoraConfig(LoraConfig):
                 raise ValueError(f"{name} must lie strictly between 0 and 1, got {value!r}")
         if self.init_lora_weights not in (True, False, "zero_e"):
             raise ValueError(f"init_lora_weights must be True, False or 'zero_e', got {self.init_lora_weights!r}")
-        if self.r != 8:
-            warnings.warn("AdaLoraConfig.r is ignored; the adapter rank is init_r", stacklevel=3)
         if self.total_step is not None and (not isinstance(self.total_step, int) or self.total_step <= 0):
             raise ValueError(f"total_step must be a positive integer or None, got {self.total_step!r}")
 
