@@ -333,6 +333,16 @@ def test_hess_stats():
     assert s1["std"] == pytest.approx(math.sqrt(24 * 2.25 / 23))
 
 
+def test_empty_and_single_element_groups():
+    p, q = torch.nn.Parameter(torch.tensor([1.0, -2.0])), torch.nn.Parameter(torch.tensor([3.0]))
+    opt = ivon.IVON([{"params": [p]}, {"params": []}, {"params": [q]}], lr=0.1, ess=10.0)
+    train(opt, [p, q], 2)
+    stats = opt.hess_stats()
+    assert all(math.isnan(v) for v in stats[1].values())
+    assert math.isnan(stats[2]["std"]) and stats[2]["min"] == stats[2]["max"] == opt.param_groups[2]["hess"].item()
+    assert [t[0] is x for t, x in zip(opt.posteriors(), [p, q])] == [True, True]
+
+
 # --------------------------------------------------------------------------- wrappers and devices
 
 

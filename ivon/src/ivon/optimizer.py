@@ -592,14 +592,20 @@ class IVON(torch.optim.Optimizer):
 
     @torch.no_grad()
     def hess_stats(self) -> list[dict[str, float]]:
-        """Per group: mean, std (unbiased), min, median (lower) and max of the Hessian h, for logging."""
+        """Per group: mean, std (unbiased), min, median (lower) and max of the Hessian h, for logging.
+
+        NaN where undefined (std of one element, anything of an empty group).
+        """
         stats = []
         for group in self.param_groups:
             h = group["hess"]
+            if h.numel() == 0:
+                stats.append(dict.fromkeys(("mean", "std", "min", "median", "max"), math.nan))
+                continue
             stats.append(
                 dict(
-                    mean=h.mean().item(), std=h.std().item(), min=h.min().item(),
-                    median=h.median().item(), max=h.max().item(),
+                    mean=h.mean().item(), std=h.std().item() if h.numel() > 1 else math.nan,
+                    min=h.min().item(), median=h.median().item(), max=h.max().item(),
                 )  # fmt: skip
             )
         return stats
