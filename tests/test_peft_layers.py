@@ -289,3 +289,41 @@ def test_vilora_model_type_and_criterion():
     assert isinstance(model.base_model, VILoraModel) and isinstance(model.base_model, AdaLoraModel)
     assert model.base_model.rank_allocator.criterion == "SNR"
     assert VILoraConfig().criterion == "SNR_mean_abs"
+
+
+def test_print_trainable_parameters(capsys):
+    model = get_peft_model(tiny_bert(), LoraConfig(task_type="SEQ_CLS", r=2))
+    trainable, total = model.get_nb_trainable_parameters()
+    model.print_trainable_parameters()
+    assert capsys.readouterr().out.strip() == (
+        f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+    assert trainable == 2 * 2 * 2 * (HIDDEN + HIDDEN) + HIDDEN * 2 + 2
+
+
+def test_activation_checkpointing_passthrough_keeps_adapter_grads():
+    model = get_peft_model(tiny_bert(), ada(init_r=2, target_r=1))
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    model.train()
+    model(**batch()).loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_conv1d_gpt2_adalora():
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    torch.manual_seed(0)
+    base = GPT2ForSequenceClassification(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2,
+                                                    num_labels=2, pad_token_id=0)).eval()
+    with pytest.warns(UserWarning, match="fan_in_fan_out=True"):
+        model = get_peft_model(base, ada(init_r=2, target_r=1))
+    layer = model.base_model.model.transformer.h[0].attn.c_attn
+    assert isinstance(layer, SVDLinear) and layer.lora_A["default"].shape == (2, 16)
+    assert layer.lora_B["default"].shape == (48, 2) and layer.fan_in_fan_out
+    assert "score" in dict(model.base_model.modules_to_save_wrappers())
+    ids = torch.randint(1, 50, (2, 7))
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+        model.merge_adapter()
+        assert torch.allclose(model(input_ids=ids).logits, ref, atol=1e-5)
