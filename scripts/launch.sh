@@ -101,6 +101,19 @@ plan="$("$PYTHON" "$here/sweep.py" --methods "$methods" --rank "${RANK:-2}" --ta
     --output_root "$OUTPUT_ROOT" --extra_args "${EXTRA_ARGS:-}" -- "$@")" || exit $?
 
 total="$(printf '%s\n' "$plan" | grep -c .)" || true
+# Ctrl-C (or a TERM) stops the whole sweep, not only the current run. The run is started in the background
+# and waited for, because bash would only act on a trapped signal after a foreground command ends; the
+# interrupted run has no all_results.json, so the next sweep redoes it.
+child=""
+on_signal() {
+    if [ -n "$child" ]; then
+        kill -TERM "$child" 2>/dev/null || true
+        wait "$child" 2>/dev/null || true
+    fi
+    echo "launch: interrupted${child:+ (stopped the run in progress)}" >&2
+    exit 130
+}
+trap on_signal INT TERM
 n=0 n_done=0 n_skipped=0
 failed=()
 while IFS=$'\x1f' read -r -u 3 -a fields; do
@@ -150,7 +163,10 @@ while IFS=$'\x1f' read -r -u 3 -a fields; do
     status=0
     # Appended, so that the log of an earlier failed attempt survives a rerun.
     echo "=== $(date -u '+%Y-%m-%d %H:%M:%S UTC') $(quote_cmd "${cmd[@]}")" >>"$out/train.log"
-    "${cmd[@]}" >>"$out/train.log" 2>&1 </dev/null || status=$?
+    "${cmd[@]}" >>"$out/train.log" 2>&1 </dev/null &
+    child=$!
+    wait "$child" || status=$?
+    child=""
     if [ $status -eq 0 ] && [ -f "$out/all_results.json" ]; then
         n_done=$((n_done + 1))
         echo "$tag done in $((SECONDS - start)) s: $name" >&2

@@ -13,9 +13,11 @@ import importlib.util
 import json
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -350,6 +352,27 @@ def test_sweep_skips_done_runs_and_goes_on_after_failures(tmp_path):
     assert log.count("stub stdout rte") == 2
     res = run_script("vilora_clr.sh", root, TASKS="cola", SEEDS="1 2", TRAIN_SCRIPT=str(stub))
     assert res.returncode == 0 and "summary: 0 done, 0 failed, 2 skipped, of 2 runs" in res.stderr
+
+
+def test_interrupt_stops_the_sweep_and_the_run(tmp_path):
+    stub = tmp_path / "slow.py"
+    stub.write_text("import os, sys, time\n"
+                    f"open({str(tmp_path / 'pids')!r}, 'a').write(f'{{os.getpid()}}\\n')\n"
+                    "time.sleep(60)\n")
+    env = {k: v for k, v in os.environ.items() if k not in KNOBS}
+    env.update(OUTPUT_ROOT=str(tmp_path / "out"), PYTHON=PYTHON, TRAIN_SCRIPT=str(stub), TASKS="rte", SEEDS="1 2")
+    proc = subprocess.Popen(["bash", str(SCRIPTS / "vilora_clr.sh")], env=env, stderr=subprocess.PIPE, text=True)
+    pids = tmp_path / "pids"
+    for _ in range(200):
+        if pids.exists() and pids.read_text().endswith("\n"):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130 and "launch: interrupted (stopped the run in progress)" in err
+    (pid,) = pids.read_text().split()  # the second run never started
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid), 0)
 
 
 def test_dry_run_marks_done_runs(tmp_path):
