@@ -72,6 +72,7 @@ class SVDLinear(AdapterLayer):
         self._move_to_base_device(adapter_name)
 
     def adapter_delta(self, x: Tensor, result: Tensor) -> Tensor:
+        """``result += ((dropout(x) @ (A ⊙ E)ᵀ) @ Bᵀ) * scaling / (ranknum + 1e-5)`` (SPEC A.4)."""
         name = self.adapter_name
         lora_A, lora_B, lora_E = self.lora_A[name], self.lora_B[name], self.lora_E[name]
         x = x.to(lora_A.dtype)
@@ -164,6 +165,7 @@ class AdaLoraModel(LoraModel):
         object.__setattr__(self, "rank_allocator", RankAllocator(self.model, config, self.active_adapter))
 
     def set_trainable(self, trainable: bool) -> None:
+        """As ``LoraModel.set_trainable``; making a loaded adapter trainable also creates its allocator."""
         super().set_trainable(trainable)
         if trainable and getattr(self, "rank_allocator", "unset") is None:
             self._create_allocator()

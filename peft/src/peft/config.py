@@ -251,6 +251,7 @@ class AdaLoraConfig(LoraConfig):
 
     @property
     def is_adaptive(self) -> bool:
+        """AdaLoRA-family configs are adaptive."""
         return True
 
     def validate(self) -> None:
@@ -312,12 +313,14 @@ class VILoraConfig(AdaLoraConfig):
         self.peft_type = PeftType.VILORA
 
     def validate(self) -> None:
+        """AdaLoRA checks plus a known ``criterion`` (ValueError listing the valid names)."""
         super().validate()
         from .importance import get_criterion  # the registry lives with the allocator
 
         get_criterion(self.criterion)
 
     def to_file_dict(self, adapter_name: str = "default") -> dict[str, Any]:
+        """AdaLoRA's file dict with ``peft_type`` "ADALORA" (so Hugging Face PEFT loads it) and ``criterion``."""
         out = super().to_file_dict(adapter_name)
         out["peft_type"] = PeftType.ADALORA.value
         return out

@@ -65,6 +65,7 @@ class AdapterLayer(nn.Module):
     # -- to be provided by subclasses
     def update_layer(self, adapter_name: str, r: int, lora_alpha: float, lora_dropout: float,
                      init_lora_weights: Any, **kwargs: Any) -> None:
+        """Create (or recreate) the adapter tensors of ``adapter_name`` at rank ``r``."""
         raise NotImplementedError
 
     def adapter_delta(self, x: Tensor, result: Tensor) -> Tensor:
@@ -72,11 +73,13 @@ class AdapterLayer(nn.Module):
         raise NotImplementedError
 
     def get_delta_weight(self, adapter_name: str) -> Tensor:
+        """The adapter as a weight update ``ΔW``, shaped like ``base_layer.weight``."""
         raise NotImplementedError
 
     # -- shared behaviour
     @property
     def merged(self) -> bool:
+        """True while the adapter is folded into ``base_layer.weight``."""
         return bool(self.merged_adapters)
 
     def adapter_parameters(self) -> list[nn.Parameter]:
@@ -171,6 +174,7 @@ class LoraLinear(AdapterLayer):
         self._move_to_base_device(adapter_name)
 
     def adapter_delta(self, x: Tensor, result: Tensor) -> Tensor:
+        """``result + B(A(dropout(x))) * scaling``, computed in the adapter dtype, returned in ``result``'s."""
         name = self.adapter_name
         lora_A, lora_B = self.lora_A[name], self.lora_B[name]
         out_dtype = result.dtype

@@ -29,6 +29,7 @@ class ModulesToSaveWrapper(nn.Module):
         return self.original_module if self.disable_adapters else self.modules_to_save[self.adapter_name]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the trainable copy (the original while adapters are disabled)."""
         return self.active_module(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:

@@ -69,6 +69,7 @@ class PeftModel(nn.Module):
         return self.base_model.model
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Forward everything (``input_ids``, ``attention_mask``, ``labels``, ...) to the tuner and model."""
         return self.base_model(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:

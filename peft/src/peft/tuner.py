@@ -167,6 +167,7 @@ class LoraModel(nn.Module):
 
     # ------------------------------------------------------------------ passthrough
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the adapted model with the given arguments."""
         return self.model(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
