@@ -177,7 +177,10 @@ def test_frozen_parameter_contributes_zero_gradient():
 def test_step_without_sample_is_a_clear_error():
     params = make_params(0)
     opt = two_groups(params)
-    msg = r"IVON.step\(\) called without a gradient sample; run forward/backward inside sampled_params\(train=True\) first"
+    msg = (
+        r"IVON.step\(\) called without a gradient sample; "
+        r"run forward/backward inside sampled_params\(train=True\) first"
+    )
     with pytest.raises(RuntimeError, match=msg):
         opt.step()
     with opt.sampled_params(train=False):
@@ -238,7 +241,8 @@ def test_invalid_group_value_names_the_group():
 
 def test_mixed_dtypes_are_rejected():
     with pytest.raises(ValueError, match="dtype"):
-        ivon.IVON([torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))], lr=0.1, ess=1.0)
+        params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))]
+        ivon.IVON(params, lr=0.1, ess=1.0)
 
 
 # ------------------------------------------------------------------------------------ posterior API
@@ -328,7 +332,8 @@ def test_hess_stats():
     opt.param_groups[0]["hess"].copy_(torch.arange(42, dtype=torch.float32))
     opt.param_groups[1]["hess"].copy_(torch.tensor([4.0, 1.0] * 12))
     s0, s1 = opt.hess_stats()
-    assert s0 == dict(mean=20.5, std=pytest.approx(torch.arange(42.0).std().item()), min=0.0, median=20.0, max=41.0)
+    std = pytest.approx(torch.arange(42.0).std().item())
+    assert s0 == dict(mean=20.5, std=std, min=0.0, median=20.0, max=41.0)
     assert s1["median"] == 1.0  # lower median
     assert s1["std"] == pytest.approx(math.sqrt(24 * 2.25 / 23))
 
@@ -443,3 +448,26 @@ def test_deepcopy_and_pickle_keep_settings_and_trajectory():
         results.append(snapshot(o, ps))
     assert_bit_equal(results[1], results[0])
     assert_bit_equal(results[2], results[0])
+
+
+@pytest.mark.parametrize("hess_approx", ["price", "gradsq"])
+def test_sync_over_a_one_process_group_changes_nothing(hess_approx, tmp_path):
+    """sync=True all-reduces the Monte-Carlo means; with one process that is the identity (0.1.3 crashed
+    for gradsq)."""
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available():
+        pytest.skip("torch.distributed not available")
+    results = []
+    for sync in (False, True):
+        params = make_params(0)
+        opt = two_groups(params, hess_approx=hess_approx, sync=sync)
+        torch.manual_seed(3)
+        if sync:
+            dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+        try:
+            train(opt, params, 2)
+        finally:
+            if sync:
+                dist.destroy_process_group()
+        results.append(snapshot(opt, params))
+    assert_bit_equal(results[1], results[0])

@@ -1,4 +1,4 @@
-"""ivon.IVON against the reference ivon-opt 0.1.3: same seed, same calls -> bit-identical means, momentum, Hessian."""
+"""ivon.IVON against the reference ivon-opt 0.1.3: same seed and calls -> bit-identical means, momentum, Hessian."""
 from __future__ import annotations
 
 import pytest
@@ -11,7 +11,9 @@ CONFIGS = {
     "defaults": dict(lr=0.1, ess=10.0),
     "mc2_clip_wd": dict(lr=0.05, ess=100.0, mc_samples=2, weight_decay=1e-2, clip_radius=0.01),
     "gradsq_plain": dict(lr=0.05, ess=50.0, hess_approx="gradsq", debias=False, rescale_lr=False, beta2=0.9),
-    "gradsq_mc2": dict(lr=0.05, ess=50.0, hess_approx="gradsq", mc_samples=2, beta1=0.5, hess_init=0.3, clip_radius=0.2),
+    "gradsq_mc2": dict(
+        lr=0.05, ess=50.0, hess_approx="gradsq", mc_samples=2, beta1=0.5, hess_init=0.3, clip_radius=0.2
+    ),
     "price_nodebias_nowd": dict(lr=0.02, ess=30.0, debias=False, weight_decay=0.0, beta2=0.999, hess_init=2.0),
     "price_norescale_mc3": dict(lr=0.02, ess=5.0, rescale_lr=False, mc_samples=3, beta1=0.0, clip_radius=1.0),
 }
@@ -24,7 +26,8 @@ def run(module, cfg, steps=20, *, scheduler=False, group1=GROUP1, shapes=((5, 7)
     opt = module.IVON([{"params": params[:2]}, {"params": params[2:], **group1}], **cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1 + t)) if scheduler else None
     torch.manual_seed(1234)
-    train(opt, params, steps, cfg.get("mc_samples", 1), sched, None if after is None else lambda t: after(params, t))
+    callback = None if after is None else (lambda t: after(params, t))
+    train(opt, params, steps, cfg.get("mc_samples", 1), sched, callback)
     return opt, params
 
 
@@ -141,3 +144,27 @@ def test_spec_fixed_vector():
         for key in ("hess", "momentum"):
             if key in want:
                 torch.testing.assert_close(opt.param_groups[0][key], torch.tensor(want[key]), rtol=0, atol=5e-8)
+
+
+def test_bit_identical_with_dropout_in_the_forward():
+    """The sample's randn and the model's dropout share the CPU generator: their order must match too."""
+    ref = load_reference()
+    results = []
+    for module in (ref, ivon):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(6, 16), torch.nn.Dropout(0.3), torch.nn.Tanh(), torch.nn.Linear(16, 3)
+        )
+        x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+        opt = module.IVON(
+            [{"params": model[0].parameters()}, {"params": model[3].parameters(), "lr": 0.02}],
+            lr=0.05, ess=100.0, mc_samples=2,
+        )  # fmt: skip
+        for _ in range(5):
+            for _ in range(2):
+                with opt.sampled_params(train=True):
+                    torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.zero_grad()
+            opt.step()
+        results.append([p.detach().clone() for p in model.parameters()] + [torch.rand(3)])
+    assert_bit_equal(results[1], results[0])  # the trailing rand: same RNG position afterwards

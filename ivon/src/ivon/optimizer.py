@@ -8,11 +8,10 @@ The optimizer keeps a diagonal Gaussian posterior N(μ, σ²) over the parameter
 Training alternates two phases:
 
 1. ``with opt.sampled_params(train=True): loss = f(θ); loss.backward()``: the parameters are replaced by a
-   sample θ = μ + σ·ε (ε ~ N(0, I)) for the body and restored to μ on exit; the gradient g at the sample
-   is recorded, together with ε/σ·g ... precisely the products (θ − μ)·g needed by the Hessian estimate.
-2. ``opt.step()``: with the Monte-Carlo averages ḡ and \\overline{(θ−μ)·g}, update momentum m, Hessian h
-   and mean μ (see :func:`momentum_update`, :func:`hessian_estimate`, :func:`hessian_update`,
-   :func:`param_update`).
+   sample θ = μ + ε̃ (ε̃ = σ·ε, ε ~ N(0, I)) for the body and restored to μ on exit; the gradient g at the
+   sample is recorded, together with ε̃·g (or g²) for the Hessian estimate.
+2. ``opt.step()``: from the Monte-Carlo means of those, update momentum m, Hessian h and mean μ (see
+   :func:`momentum_update`, :func:`hessian_estimate`, :func:`hessian_update`, :func:`param_update`).
 
 The arithmetic reproduces ivon-opt 0.1.3 bit for bit (same RNG draws, same float32 operations in the
 same order, scalars computed in Python double). Differences from 0.1.3, all fixes or additions:
@@ -40,8 +39,9 @@ __all__ = [
 
 HESS_APPROXES = ("price", "gradsq")
 
-# Elementwise work is done in slices of this many elements, so that the ~20 passes of an update hit
-# the L2 cache instead of main memory. Slicing never changes a result: every operation is elementwise.
+# Elementwise work is done in slices of this many elements (1 MiB of float32), so that the ~20 passes
+# of an update run in cache rather than streaming each vector from main memory again; about 2x faster
+# at 1e7 parameters. Slicing never changes a result: every operation is elementwise.
 _CHUNK = 1 << 18
 
 
@@ -60,10 +60,10 @@ def momentum_update(momentum: Tensor, avg_grad: Tensor, beta1: float) -> Tensor:
 def hessian_estimate(
     hess_approx: str, avg_sample: Tensor, hess: Tensor, ess: float, weight_decay: float
 ) -> Tensor:
-    """Per-element Hessian estimate f from the Monte-Carlo average ``avg_sample``.
+    """Per-element Hessian estimate f from the Monte-Carlo mean ``avg_sample``.
 
-    price (reparametrisation trick):  f = (\\overline{ε̃·g} · (h + δ)) · ess, where ε̃ = θ − μ is the noise,
-    gradsq (squared gradient):        f = \\overline{g²} · ess.
+    price (reparametrisation trick):  f = (mean(ε̃·g) · (h + δ)) · ess, where ε̃ = θ − μ is the noise;
+    gradsq (squared gradients):       f = mean(g²) · ess.
     """
     if hess_approx == "price":
         return avg_sample * (hess + weight_decay) * ess
@@ -71,7 +71,7 @@ def hessian_estimate(
 
 
 def hessian_update(hess: Tensor, estimate: Tensor, beta2: float, weight_decay: float) -> Tensor:
-    """h' = β2·h + (1 − β2)·f + ½(1 − β2)²·(h − f)² / (h + δ), with the old h on the right-hand side.
+    """h' = β2·h + (1 − β2)·f + ½(1 − β2)²·(h − f)² / (h + δ), with the old h on the right.
 
     The third term keeps h positive (IVON paper, eq. 9).
     """
@@ -177,7 +177,10 @@ def _check_hyperparameter(name: str, value: Any, where: str = "") -> None:
         raise ValueError(f"IVON: invalid {name}{where}: {value!r}; {name} must be {valid}")
 
 
-_SETTINGS = ("mc_samples", "hess_approx", "sync", "debias", "rescale_lr", "current_step", "_numel", "_device", "_dtype")
+# Attributes that are neither defaults, state nor param groups, yet must survive copy.deepcopy/pickle.
+_SETTINGS = (
+    "mc_samples", "hess_approx", "sync", "debias", "rescale_lr", "current_step", "_numel", "_device", "_dtype",
+)  # fmt: skip
 
 
 class IVON(torch.optim.Optimizer):
@@ -228,7 +231,9 @@ class IVON(torch.optim.Optimizer):
         for name, value in defaults.items():
             _check_hyperparameter(name, value)
         if hess_approx not in HESS_APPROXES:
-            raise ValueError(f"IVON: invalid hess_approx: {hess_approx!r}; hess_approx must be 'price' or 'gradsq'")
+            raise ValueError(
+                f"IVON: invalid hess_approx: {hess_approx!r}; hess_approx must be 'price' or 'gradsq'"
+            )
         self._ready = False  # add_param_group (called by the base class) creates buffers only once ready
         super().__init__(params, defaults)
 
@@ -410,12 +415,14 @@ class IVON(torch.optim.Optimizer):
             for n, s, h, mu in _chunks(noise_g, sample_g, group["hess"], means[gi][0]):
                 n.div_(torch.add(h, wd, out=s).mul_(ess).sqrt_())  # ε̃ = ε / sqrt(ess·(h + δ))
                 torch.add(mu, n, out=s)
-            samples.append(tuple(v.view_as(m) for v, m in zip(sample_g.split([m.numel() for m in means[gi][1]]), means[gi][1])))
+            mean_views = means[gi][1]
+            sample_views = sample_g.split([m.numel() for m in mean_views])
+            samples.append(tuple(v.view_as(m) for v, m in zip(sample_views, mean_views)))
         self._noise = noise
         return [views for _, views in means], samples
 
     def _accumulate_gradients(self) -> None:
-        """Fold the current ``p.grad`` into the running averages ḡ and \\overline{ε̃·g} (or \\overline{g²})."""
+        """Fold the current ``p.grad`` into the running means of g and of ε̃·g (price) or g² (gradsq)."""
         for group in self.param_groups:
             for p in group["params"]:
                 if p.requires_grad and p.grad is None:
@@ -426,7 +433,8 @@ class IVON(torch.optim.Optimizer):
         noise = self._noise
         count = self.state["count"] + 1
         first = count == 1 or self.state["avg_grad"] is None
-        grad = self._buffer("avg_grad", noise, self._numel) if first else self._buffer("sample", noise, self._numel)
+        # the first sample's gradient *is* the average; later ones go through the (now free) sample buffer
+        grad = self._buffer("avg_grad" if first else "sample", noise, self._numel)
         for _, group, sl in self._group_slices():
             offset = sl.start
             for p in group["params"]:
@@ -494,11 +502,12 @@ class IVON(torch.optim.Optimizer):
         for gi, group, sl in self._group_slices():
             mean, _ = self._group_means(gi)
             beta1, wd = group["beta1"], group["weight_decay"]
+            debias = 1.0 - beta1**self.current_step if self.debias else 1.0
             hyper = dict(
                 hess_approx=self.hess_approx, beta1=beta1, beta2=group["beta2"], ess=group["ess"],
                 weight_decay=wd, clip_radius=group["clip_radius"],
                 lr=group["lr"] * (group["hess_init"] + wd) if self.rescale_lr else group["lr"],
-                debias=torch.full((), 1.0 - beta1**self.current_step if self.debias else 1.0, dtype=mean.dtype, device=mean.device),
+                debias=torch.full((), debias, dtype=mean.dtype, device=mean.device),
             )  # fmt: skip
             tensors = (mean, group["momentum"], group["hess"], avg_grad[sl], avg_sample[sl])
             for chunk in _chunks(*tensors):
@@ -544,22 +553,22 @@ class IVON(torch.optim.Optimizer):
     # -- posterior API -------------------------------------------------------------------------------
 
     def _locate(self, param: Tensor) -> tuple[dict[str, Any], int, int]:
-        """(group, offset, numel) of a parameter, matched by identity of the Parameter object."""
-        for attempt in range(2):
-            if self._index is None or attempt == 1:
-                index: dict[int, tuple[Tensor, int, int, int]] = {}
-                for gi, group in enumerate(self.param_groups):
-                    offset = 0
-                    for p in group["params"]:
-                        index.setdefault(id(p), (p, gi, offset, p.numel()))
-                        offset += p.numel()
-                self._index = index
+        """(group, offset, numel) of a parameter in its group's flat state, matched by identity of the
+        Parameter object (which stays the same while its ``.data`` is swapped)."""
+        entry = self._index.get(id(param)) if self._index is not None else None
+        if entry is None or entry[0] is not param:  # unknown, or the groups changed: rebuild once
+            self._index = {}
+            for gi, group in enumerate(self.param_groups):
+                offset = 0
+                for p in group["params"]:
+                    self._index.setdefault(id(p), (p, gi, offset, p.numel()))
+                    offset += p.numel()
             entry = self._index.get(id(param))
-            if entry is not None and entry[0] is param:
-                _, gi, offset, numel = entry
-                return self.param_groups[gi], offset, numel
-        shape = tuple(param.shape) if isinstance(param, Tensor) else None
-        raise KeyError(f"IVON: tensor of shape {shape} is not a parameter of this optimizer")
+        if entry is None or entry[0] is not param:
+            shape = tuple(param.shape) if isinstance(param, Tensor) else None
+            raise KeyError(f"IVON: tensor of shape {shape} is not a parameter of this optimizer")
+        _, gi, offset, numel = entry
+        return self.param_groups[gi], offset, numel
 
     def posterior_sigma(self, param: Tensor) -> Tensor:
         """σ = 1/sqrt(ess·(h + δ)) of ``param``'s elements, shaped like ``param`` (a new tensor).
@@ -612,7 +621,7 @@ class IVON(torch.optim.Optimizer):
 
 
 def _sigma(hess: Tensor, ess: float, weight_decay: float) -> Tensor:
-    """σ = 1/sqrt(ess·(h + δ)), the same operations as the sampling noise scale."""
+    """σ = 1/sqrt(ess·(h + δ)); sampling divides ε by the same sqrt(ess·(h + δ))."""
     with torch.no_grad():
         return (hess + weight_decay).mul_(ess).sqrt_().reciprocal_()
 
