@@ -427,8 +427,9 @@ class IVON(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.requires_grad and p.grad is None:
                     raise RuntimeError(
-                        f"IVON: parameter of shape {tuple(p.shape)} requires grad but has no .grad when "
-                        "leaving sampled_params(train=True); was backward() called inside the context?"
+                        f"IVON: parameter of shape {tuple(p.shape)} requires grad but has no .grad on leaving "
+                        "sampled_params(train=True): backward() was not called inside the context, or the "
+                        "loss does not depend on this parameter (freeze it with requires_grad_(False))"
                     )
         noise = self._noise
         count = self.state["count"] + 1
