@@ -270,6 +270,7 @@ class IVON(torch.optim.Optimizer):
         self._noise: Optional[Tensor] = None  # scaled noise of the sample being drawn, all groups
         self._saved_means: Optional[list[tuple[Tensor, ...]]] = None  # set inside sampled_params
         self._index: Optional[dict[int, tuple[Tensor, int, int, int]]] = None
+        self._view_cache: dict[tuple[int, int], tuple[Tensor, ...]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # torch pickles only defaults/state/param_groups; IVON's settings must survive copy/pickle too
@@ -319,7 +320,19 @@ class IVON(torch.optim.Optimizer):
         if buf is None or buf.numel() < numel or buf.device != like.device or buf.dtype != like.dtype:
             buf = torch.empty(max(numel, 1), device=like.device, dtype=like.dtype)
             self._buffers[name] = buf
+            self._view_cache.clear()
         return buf[:numel]
+
+    def _views(self, flat: Tensor, gi: int) -> tuple[Tensor, ...]:
+        """Views of ``flat`` (group ``gi``'s slice of a work buffer) shaped like the group's parameters;
+        cached, as buffers and parameters rarely change."""
+        key = (flat.data_ptr(), gi)
+        views = self._view_cache.get(key)
+        if views is None:
+            means = self._means[gi][1]
+            views = tuple(v.view_as(m) for v, m in zip(flat.split([m.numel() for m in means]), means))
+            self._view_cache[key] = views
+        return views
 
     def _group_means(self, gi: int) -> tuple[Tensor, tuple[Tensor, ...]]:
         """The group's means as one flat tensor whose slices *are* the parameters' data.
@@ -361,6 +374,7 @@ class IVON(torch.optim.Optimizer):
         for p, v in zip(params, views):
             p.data = v
         self._means[gi] = (flat, views, tuple(p.data_ptr() for p in params))
+        self._view_cache.clear()
         return flat, views
 
     def _group_slices(self) -> Iterator[tuple[int, dict[str, Any], slice]]:
@@ -415,9 +429,7 @@ class IVON(torch.optim.Optimizer):
             for n, s, h, mu in _chunks(noise_g, sample_g, group["hess"], means[gi][0]):
                 n.div_(torch.add(h, wd, out=s).mul_(ess).sqrt_())  # ε̃ = ε / sqrt(ess·(h + δ))
                 torch.add(mu, n, out=s)
-            mean_views = means[gi][1]
-            sample_views = sample_g.split([m.numel() for m in mean_views])
-            samples.append(tuple(v.view_as(m) for v, m in zip(sample_views, mean_views)))
+            samples.append(self._views(sample_g, gi))
         self._noise = noise
         return [views for _, views in means], samples
 
@@ -436,16 +448,16 @@ class IVON(torch.optim.Optimizer):
         first = count == 1 or self.state["avg_grad"] is None
         # the first sample's gradient *is* the average; later ones go through the (now free) sample buffer
         grad = self._buffer("avg_grad" if first else "sample", noise, self._numel)
-        for _, group, sl in self._group_slices():
-            offset = sl.start
-            for p in group["params"]:
-                n = p.numel()
-                dst = grad[offset : offset + n]
+        for gi, group, sl in self._group_slices():
+            dsts, grads = [], []
+            for dst, p in zip(self._views(grad[sl], gi), group["params"]):
                 if p.requires_grad:
-                    dst.view_as(p).copy_(p.grad)
-                else:
+                    dsts.append(dst)
+                    grads.append(p.grad)
+                else:  # frozen parameters contribute zeros, as in ivon-opt
                     dst.zero_()
-                offset += n
+            if dsts:
+                torch._foreach_copy_(dsts, grads)
         key = "avg_nxg" if self.hess_approx == "price" else "avg_gsq"
         other = noise if self.hess_approx == "price" else grad
         if first:
