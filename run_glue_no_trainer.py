@@ -86,6 +86,7 @@ LABEL_NAMES = {
     "wnli": ["not_entailment", "entailment"],
 }
 PRIMARY_METRIC = {"cola": "matthews_correlation", "stsb": "pearson"}  # every other task: accuracy
+METRIC_SCHEDULERS = ("reduce_lr_on_plateau", "greedy")  # stepped with the dev metric after each evaluation
 
 # Local GLUE copy (the standard GLUE download layout): folder, header row?, {hub column: file column},
 # label column (-1 = last, because MNLI train and dev differ in width), and how the file spells the label.
@@ -260,8 +261,6 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.use_ivon and args.mixed_precision == "fp16":
         raise UsageError("--fp16 cannot be used with IVON: IVON reads gradients before fp16 loss-scale "
                          "unscaling; use --mixed_precision bf16 or no")
-    if args.use_custom_lr_schedule and args.lr_scheduler_type == "reduce_lr_on_plateau":
-        raise UsageError("--use_custom_lr_schedule replaces --lr_scheduler_type; do not combine with reduce_lr_on_plateau")
     if args.glue_dir is not None and not Path(args.glue_dir).is_dir():
         raise UsageError(f"--glue_dir {args.glue_dir} is not a directory")
     for flag in ("train_file", "validation_file"):
@@ -494,7 +493,8 @@ def build_scheduler(args, optimizer, plan: StepPlan):
                              num_training_steps=plan.max_train_steps,
                              scheduler_specific_kwargs=args.lr_scheduler_kwargs)
     except (ValueError, TypeError) as e:
-        raise UsageError(f"--lr_scheduler_type {args.lr_scheduler_type}: {e}") from None
+        raise UsageError(f"--lr_scheduler_type {args.lr_scheduler_type}: {e} (give its arguments as "
+                         "--lr_scheduler_kwargs '{\"name\": value}')") from None
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -687,7 +687,7 @@ def optimizer_update(run: Run, state: TrainState) -> float:
     """One update in the paper's order: step, scheduler, rank allocation (sees the grads), zero_grad."""
     lr = run.optimizer.param_groups[0]["lr"]
     run.optimizer.step()
-    if run.args.lr_scheduler_type != "reduce_lr_on_plateau" or run.args.use_custom_lr_schedule:
+    if run.args.lr_scheduler_type not in METRIC_SCHEDULERS or run.args.use_custom_lr_schedule:
         run.scheduler.step()
     if run.adaptive:
         run.peft_model.base_model.update_and_allocate(state.completed_steps)
@@ -815,8 +815,8 @@ def run_eval(run: Run, state: TrainState, log: JsonlLog, epoch: float) -> dict[s
     run.accelerator.print(f"step {state.completed_steps}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
     if run.args.with_tracking:
         run.accelerator.log(results, step=state.completed_steps)
-    if run.args.lr_scheduler_type == "reduce_lr_on_plateau" and not run.args.use_custom_lr_schedule:
-        run.scheduler.step(-results[primary])  # plateau scheduler minimises; higher metrics are better
+    if run.args.lr_scheduler_type in METRIC_SCHEDULERS and not run.args.use_custom_lr_schedule and run.scheduler:
+        run.scheduler.step(-results[primary])  # these schedulers minimise; higher metrics are better
     return results
 
 

@@ -345,3 +345,36 @@ def test_subprocess_exit_status_and_single_line(tiny_model, tiny_glue, tmp_path)
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [
         "run_glue_no_trainer.py: error: --lora_type vilora needs --apply_lora"]
     assert not (tmp_path / "o").exists()
+
+
+SCHEDULER_KWARGS = {"cosine_with_min_lr": '{"min_lr_rate": 0.1}', "cosine_warmup_with_min_lr": '{"min_lr_rate": 0.1}',
+                    "warmup_stable_decay": '{"num_decay_steps": 2}'}
+
+
+@pytest.mark.parametrize("name", [s.value for s in __import__("transformers").SchedulerType])
+def test_every_transformers_scheduler_runs(tiny_model, tiny_glue, tmp_path, name):
+    flags = {"lr_scheduler_type": name, "max_train_steps": 4, "num_warmup_steps": 1, "eval_steps": 2,
+             "eval_after_epochs": 0}
+    if name in SCHEDULER_KWARGS:
+        flags["lr_scheduler_kwargs"] = SCHEDULER_KWARGS[name]
+    assert run_main(model=tiny_model, glue=tiny_glue, out=tmp_path / "o", **flags) == 0
+    lrs = [r["lr"] for r in read_log(tmp_path / "o") if "lr" in r]
+    assert len(lrs) == 4 and lrs[0] in (0.0, 1e-3) and all(0 <= lr <= 1e-3 for lr in lrs)
+    if name == "linear":  # the first update uses lambda(0) = 0 with warm-up, as in the reference
+        assert lrs == pytest.approx([0.0, 1e-3, 2e-3 / 3, 1e-3 / 3])
+
+
+def test_scheduler_needing_arguments_says_how(tiny_model, tiny_glue, tmp_path, capsys):
+    _bad(capsys, 2, model=tiny_model, glue=tiny_glue, out=tmp_path / "o", lr_scheduler_type="warmup_stable_decay",
+         expect="--lr_scheduler_kwargs")
+
+
+def test_pad_to_max_length_and_bf16(tiny_model, tiny_glue, tmp_path):
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(True)  # accelerate keeps one process-wide precision setting
+    try:
+        assert run_main(model=tiny_model, glue=tiny_glue, out=tmp_path / "o", max_train_steps=2, max_length=24,
+                        pad_to_max_length=True, mixed_precision="bf16") == 0
+    finally:
+        AcceleratorState._reset_state(True)
+    assert read_results(tmp_path / "o")["train_steps"] == 2
