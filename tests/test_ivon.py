@@ -471,3 +471,15 @@ def test_sync_over_a_one_process_group_changes_nothing(hess_approx, tmp_path):
                 dist.destroy_process_group()
         results.append(snapshot(opt, params))
     assert_bit_equal(results[1], results[0])
+
+
+def test_replaced_data_of_a_new_shape_is_sampled_in_that_shape():
+    params = make_params(0)
+    opt = two_groups(params)
+    train(opt, params, 2)  # (all work buffers exist: views of them are cached)
+    params[0].data = params[0].data.reshape(7, 5)
+    with opt.sampled_params(train=True):
+        assert params[0].shape == (7, 5)
+        loss_fn(params).backward()
+    assert params[0].shape == (7, 5) and opt.param_state(params[0])["hess"].shape == (7, 5)
+    opt.step()

@@ -63,12 +63,15 @@ def test_bit_identical_on_groups_larger_than_a_chunk():
 
 
 def test_bit_identical_when_params_are_edited_between_steps():
-    """In-place edits (AdaLoRA masking) and replaced ``.data`` (a device move) are seen by the next step."""
+    """In-place edits (AdaLoRA masking) and replaced ``.data`` (a device move, even a new shape) are seen
+    by the next step."""
 
     def edit(params, t):
         with torch.no_grad():
             params[0][0].zero_()
             params[1].data = params[1].data.clone().mul_(0.5)
+            if t == 1:
+                params[0].data = params[0].data.reshape(7, 5)
 
     ref = load_reference()
     ref_opt, ref_params = run(ref, CONFIGS["defaults"], steps=4, after=edit)
