@@ -367,15 +367,24 @@ def test_unwrap_ivon_follows_optimizer_attributes():
     assert ivon.unwrap_ivon(loop) is None
 
 
-def test_accelerate_prepare_keeps_the_trajectory():
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state (device, precision): start from none and leave none."""
+    state = pytest.importorskip("accelerate.state")
+    state.AcceleratorState._reset_state(True)
+    yield
+    state.AcceleratorState._reset_state(True)
+
+
+def test_accelerate_prepare_keeps_the_trajectory(fresh_accelerate_state):
     """accelerate's prepare() does state_dict -> move -> load_state_dict; training through the wrapper
     is bit-identical to training the bare optimizer."""
-    accelerate = pytest.importorskip("accelerate")
-    cfg = dict(mc_samples=2)
+    import accelerate
+
     results = []
     for wrap in (False, True):
         params = make_params(0)
-        opt = two_groups(params, **cfg)
+        opt = two_groups(params, mc_samples=2)
         torch.manual_seed(11)
         train(opt, params, 2, mc_samples=2)
         driver = accelerate.Accelerator(cpu=True).prepare(opt) if wrap else opt
