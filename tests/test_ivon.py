@@ -492,3 +492,18 @@ def test_replaced_data_of_a_new_shape_is_sampled_in_that_shape():
         loss_fn(params).backward()
     assert params[0].shape == (7, 5) and opt.param_state(params[0])["hess"].shape == (7, 5)
     opt.step()
+
+
+def test_runs_off_cpu_without_touching_cpu():
+    """The whole cycle on the meta device (shapes only): no tensor is created on a hard-coded CPU, and the
+    accelerator path (no slicing) runs. Large enough that the CPU path would slice."""
+    params = [torch.nn.Parameter(torch.empty(*shape, device="meta")) for shape in ((300, 1000), (7,))]
+    opt = ivon.IVON([{"params": params[:1]}, {"params": params[1:], "lr": 0.2}], lr=0.1, ess=10.0, clip_radius=0.1)
+    for _ in range(2):
+        with opt.sampled_params(train=True):
+            (params[0].sum() + params[1].sum()).backward()
+        opt.zero_grad()
+        opt.step()
+    assert opt.current_step == 2 and params[0].device.type == "meta"
+    assert opt.posterior_sigma(params[0]).device.type == "meta"
+    assert all(b.device.type == "meta" for b in opt._buffers.values())
