@@ -147,7 +147,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("data and model")
     g.add_argument("--task_name", type=str.lower, default=None, choices=TASKS, help="GLUE task")
     g.add_argument("--glue_dir", default=None, help="local GLUE copy (<TASK>/train.tsv, dev.tsv); default: the Hub")
-    g.add_argument("--train_file", default=None, help="csv/json training file (instead of a GLUE task)")
+    g.add_argument("--train_file", default=None,
+                   help="csv/json training file (used instead of GLUE data; --task_name then only names the metric)")
     g.add_argument("--validation_file", default=None, help="csv/json validation file")
     g.add_argument("--max_length", type=int, default=128)
     g.add_argument("--pad_to_max_length", action="store_true")
@@ -187,7 +188,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("LoRA / AdaLoRA / VILoRA")
     g.add_argument("--apply_lora", action="store_true")
     g.add_argument("--lora_type", default="lora", help="lora | adalora | vilora")
-    g.add_argument("--lora_path", default=None, help="continue from a saved adapter folder")
+    g.add_argument("--lora_path", default=None,
+                   help="continue from (or, with --eval_only, evaluate) a saved adapter; its config sets the type")
     g.add_argument("--lora_alpha", type=int, default=8)
     g.add_argument("--lora_r", type=int, default=None)
     g.add_argument("--lora_dropout", type=float, default=0.0)
@@ -356,8 +358,10 @@ def glue_split_names(task: str, with_train: bool = True) -> list[str]:
 
 def load_glue(args: argparse.Namespace) -> dict[str, datasets.Dataset]:
     """Load the run's splits as datasets in the Hub schema: from --glue_dir, the Hub, or --train_file."""
-    if args.task_name is None:
+    if args.train_file is not None or args.validation_file is not None:  # files win; a task picks the metric
         files = {k: v for k, v in (("train", args.train_file), ("validation", args.validation_file)) if v}
+        if "validation" not in files or ("train" not in files and not args.eval_only):
+            raise UsageError("give both --train_file and --validation_file (or --validation_file with --eval_only)")
         fmt = "csv" if next(iter(files.values())).endswith(".csv") else "json"
         return dict(datasets.load_dataset(fmt, data_files=files))
     task, splits = args.task_name, glue_split_names(args.task_name, with_train=not args.eval_only)
@@ -370,14 +374,14 @@ def load_glue(args: argparse.Namespace) -> dict[str, datasets.Dataset]:
     try:
         return {s: datasets.load_dataset(HUB_DATASET, task, split=s) for s in splits}
     except Exception as e:  # no network, offline mode, no cache: all end the same way for the user
-        why = "the Hub is offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE)" if offline else f"{type(e).__name__}"
+        why = "HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set" if offline else type(e).__name__
         raise UsageError(f"cannot load {HUB_DATASET}/{task} from the Hub ({why}); pass --glue_dir DIR with a "
                          f"local GLUE copy (DIR/{GLUE_FOLDER[task]}/train.tsv, dev.tsv)") from None
 
 
 def label_setup(args: argparse.Namespace, raw: dict[str, datasets.Dataset]):
     """Return (is_regression, label_names or None, label_to_id or None) for the run's data."""
-    if args.task_name is not None and (args.glue_dir is not None or args.train_file is None):
+    if args.task_name is not None and args.train_file is None and args.validation_file is None:
         names = LABEL_NAMES[args.task_name]
         return names is None, names, None  # Hub schema: labels are already class ids
     feature = raw["train" if "train" in raw else "validation"].features["label"]
@@ -402,6 +406,11 @@ def tokenize_splits(args, raw, tokenizer, label_to_id) -> dict[str, datasets.Dat
     cols = [c for c in raw[next(iter(raw))].column_names if c not in ("label", "idx")]
     key1, key2 = TASK_TO_KEYS[args.task_name] if args.task_name else (
         ("sentence1", "sentence2") if {"sentence1", "sentence2"} <= set(cols) else (cols[0], cols[1] if len(cols) > 1 else None))
+
+    missing = [k for k in (key1, key2) if k is not None and k not in cols]
+    if missing:
+        raise UsageError(f"the data has no column {missing[0]!r} (columns: {', '.join(cols)}); "
+                         f"{args.task_name or 'custom'} data needs {key1}" + (f" and {key2}" if key2 else ""))
 
     def encode(batch):
         texts = (batch[key1],) if key2 is None else (batch[key1], batch[key2])
@@ -719,6 +728,8 @@ def _train_epochs(run: Run, state: TrainState, log: JsonlLog, bar: tqdm) -> None
         batches = epoch_batches(len(run.train_dataset), args.per_device_train_batch_size, state.seed, epoch)
         loader = _loader(run.train_dataset, run.collator, batch_sampler=batches[state.batches_done:])
         for i, batch in enumerate(loader, start=state.batches_done):
+            if state.completed_steps >= plan.max_train_steps:  # resumed from the final checkpoint
+                break
             batch = {k: v.to(run.accelerator.device) for k, v in batch.items()}
             group_start = i - i % gas
             try:

@@ -378,3 +378,25 @@ def test_pad_to_max_length_and_bf16(tiny_model, tiny_glue, tmp_path):
     finally:
         AcceleratorState._reset_state(True)
     assert read_results(tmp_path / "o")["train_steps"] == 2
+
+
+def test_resume_from_final_checkpoint_does_not_train_further(tiny_model, tiny_glue, tmp_path):
+    out = tmp_path / "out"
+    assert run_main(model=tiny_model, glue=tiny_glue, out=out, max_train_steps=4, checkpointing_steps=4) == 0
+    before, log_before = read_results(out), read_log(out)
+    (out / "all_results.json").unlink()  # as if killed after the last checkpoint, before the outputs
+    assert run_main(model=tiny_model, glue=tiny_glue, out=out, max_train_steps=4, checkpointing_steps=4,
+                    resume_from_checkpoint="latest") == 0
+    after = read_results(out)
+    assert after["train_steps"] == 4 and after["eval_accuracy"] == before["eval_accuracy"]
+    assert read_log(out) == log_before
+
+
+def test_custom_file_labels_must_fit_the_task(tiny_model, tmp_path, capsys):
+    rows = ["sentence1,sentence2,label", "a cat,a dog,entailment", "a cat,a dog,maybe"]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "o"
+    assert rg.main(["--model_name_or_path", str(tiny_model), "--task_name", "rte", "--train_file",
+                    str(tmp_path / "train.csv"), "--validation_file", str(tmp_path / "train.csv"),
+                    "--output_dir", str(out)]) == 2
+    assert "label 'maybe' is not a rte label" in capsys.readouterr().err and not out.exists()

@@ -115,3 +115,24 @@ def test_continue_from_saved_adapter_with_ivon_hessian(tiny, tmp_path, monkeypat
     # the saved adapter reproduces the first run's final (posterior-mean) evaluation
     assert read_results(third)["eval_accuracy"] == read_results(first)["eval_accuracy"]
     assert read_results(third)["train_steps"] == 0
+
+
+def test_ivon_mc_samples_with_accumulation(tiny, tmp_path, monkeypatch):
+    """Every micro-batch draws --ivon_train_mc_samples training samples; updates follow accumulation groups."""
+    import ivon
+    calls = []
+    real = ivon.IVON.sampled_params
+
+    def counting(self, train=False):
+        calls.append(train)
+        return real(self, train=train)
+
+    monkeypatch.setattr(ivon.IVON, "sampled_params", counting)
+    out = tmp_path / "out"
+    assert _run(tiny, out, "--apply_lora", "--lora_type", "vilora", *ADALORA, "--learning_rate", "0.05",
+                "--ivon_train_mc_samples", "2", "--gradient_accumulation_steps", "4", "--ivon_infer_mc_samples", "3",
+                steps=6) == 0
+    # 6 micro-batches per epoch, gas 4 -> updates after batches 4 and 6; 6 updates = 3 epochs = 18 micro-batches
+    assert calls.count(True) == 18 * 2
+    assert calls.count(False) == 3 * 2 * 3  # 3 epoch-end evals x 2 dev batches x 3 samples
+    assert read_results(out)["train_steps"] == 6
