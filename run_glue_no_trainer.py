@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import datasets
 import evaluate as hf_evaluate
@@ -818,7 +818,8 @@ def run_eval(run: Run, state: TrainState, log: JsonlLog, epoch: float) -> dict[s
     if "validation_mismatched" in run.eval_loaders:  # MNLI: both dev sets (the fork kept only mismatched)
         results |= {f"eval_{k}_mm": v for k, v in evaluate(run, run.eval_loaders["validation_mismatched"]).items()}
     primary = "eval_" + PRIMARY_METRIC.get(run.metric_task, "accuracy")
-    if state.best_metric is None or results[primary] > state.best_metric:
+    value, best = results[primary], state.best_metric
+    if best is None or (not math.isnan(value) and (math.isnan(best) or value > best)):  # NaN (constant preds) loses
         state.best_metric, state.best_step, state.best_eval = results[primary], state.completed_steps, dict(results)
     state.last_eval, state.last_eval_step = results, state.completed_steps
     n_eval = len(run.eval_loaders["validation"].dataset)
@@ -899,10 +900,13 @@ def load_checkpoint(run: Run, path: Path) -> TrainState:
     if unexpected or (trainable - set(weights)):
         raise UsageError(f"checkpoint {path} does not match the model (missing {sorted(trainable - set(weights))[:3]},"
                          f" unexpected {unexpected[:3]}); resume with the flags of the original run")
-    run.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+    # IVON keeps its hess/momentum buffers in param_groups, which torch does not move; AdamW wants CPU step counts.
+    opt_device = run.accelerator.device if run.ivon is not None else "cpu"
+    run.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=opt_device, weights_only=False))
     run.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     if run.adaptive:
-        model.base_model.load_allocator_state_dict(torch.load(path / "allocator.pt", weights_only=False))
+        model.base_model.load_allocator_state_dict(
+            torch.load(path / "allocator.pt", map_location=run.accelerator.device, weights_only=False))
     if (path / "scaler.pt").exists() and run.accelerator.scaler is not None:
         run.accelerator.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=False))
     return state
@@ -1026,18 +1030,25 @@ def run_config(args: argparse.Namespace, seed: int) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- main
+def _resume_point(args: argparse.Namespace, out: Path) -> Path | None:
+    """The checkpoint folder to resume from: --resume_from_checkpoint PATH, or the newest one for 'latest'
+    (None when there is none yet, so that a preemptible job can always pass 'latest')."""
+    if args.resume_from_checkpoint == "latest":
+        found = _checkpoints(out)
+        return found[-1] if found else None
+    if args.resume_from_checkpoint is None:
+        return None
+    path = Path(args.resume_from_checkpoint)
+    if not (path / "state.json").is_file():
+        raise UsageError(f"--resume_from_checkpoint {path} is not a checkpoint folder (no state.json)")
+    return path
+
+
 def _setup(args: argparse.Namespace) -> tuple[Run, TrainState, Path | None]:
     """Load data and model, build optimizer and schedule, and find the checkpoint to resume: everything that
     can fail on bad input happens here, before the output directory is touched."""
     out = Path(args.output_dir)
-    resume = None
-    if args.resume_from_checkpoint == "latest":
-        found = _checkpoints(out)
-        resume = found[-1] if found else None
-    elif args.resume_from_checkpoint is not None:
-        resume = Path(args.resume_from_checkpoint)
-        if not (resume / "state.json").is_file():
-            raise UsageError(f"--resume_from_checkpoint {resume} is not a checkpoint folder (no state.json)")
+    resume = _resume_point(args, out)
     # A resumed run must shuffle with the original seed; a fresh run without --seed draws one and records it.
     seed = json.loads((resume / "state.json").read_text())["seed"] if resume else \
         (args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little") % 2**31)
@@ -1148,7 +1159,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     results = save_outputs(run, state)
     if run.adaptive:
-        run.accelerator.print("final rank allocation: " + json.dumps(run.peft_model.base_model.kept_ranks()))
+        kept = run.peft_model.base_model.kept_ranks()
+        width = max(map(len, kept), default=0)
+        run.accelerator.print(f"final rank allocation ({sum(kept.values())} triplets kept):\n" +
+                              "\n".join(f"  {name:<{width}}  {r}" for name, r in kept.items()))
     run.accelerator.print("results: " + json.dumps({k: v for k, v in results.items() if k.startswith("eval_")}))
     if args.with_tracking:
         run.accelerator.end_training()

@@ -44,10 +44,6 @@ def _without_runtime(results):
     return {k: v for k, v in results.items() if k != "train_runtime_s"}
 
 
-def _log_without_time(out):
-    return read_log(out)
-
-
 CASES = {
     "full_adamw": [],
     "vilora_ivon": ["--apply_lora", "--lora_type", "vilora", "--adalora_init_r", "3", "--adalora_target_r", "2",
@@ -64,7 +60,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny, tmp_path, case):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     _finish(_cmd(tiny, ref, extra))
 
-    proc = subprocess.Popen(_cmd(tiny, killed, extra), cwd=REPO, env=_env(RUN_GLUE_DEBUG_STEP_SLEEP="0.4"),
+    proc = subprocess.Popen(_cmd(tiny, killed, extra), cwd=REPO, env=_env(RUN_GLUE_DEBUG_STEP_SLEEP="0.25"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
     while not (killed / "checkpoints" / "step_6").is_dir():
