@@ -14,6 +14,9 @@ paper's fork of it (reference/SPEC.md section G); the fork's known defects are f
 Run `python run_glue_no_trainer.py --help` for the flags. Outputs in `--output_dir`: the adapter (or full model)
 and tokenizer, `run_config.json`, `log.jsonl`, `rank_pattern.json` (AdaLoRA/VILoRA), `ivon_state.pt` (IVON),
 `checkpoints/step_<n>/`, and `all_results.json`, written last, so its presence means the run finished.
+A run killed at any point continues exactly where its last checkpoint left off with
+`--resume_from_checkpoint latest` (same flags). On a CPU shared with other jobs, set OMP_NUM_THREADS=1:
+oversubscribed torch threads can make each step ten times slower.
 """
 from __future__ import annotations
 
@@ -1116,8 +1119,10 @@ def _prepare_output_dir(run: Run, state: TrainState, resume: Path | None) -> Jso
     out.mkdir(parents=True, exist_ok=True)
     if args.overwrite_output_dir:
         (out / "all_results.json").unlink(missing_ok=True)
-        if resume is None:
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    if resume is None:  # a fresh run: drop what an earlier run wrote that this one might not rewrite
+        for stale in ("ivon_state.pt", "rank_pattern.json"):
+            (out / stale).unlink(missing_ok=True)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # validate_args allowed it (overwrite or none)
     log_path = out / "log.jsonl"
     lines = log_path.read_text().splitlines(keepends=True)[:state.log_lines] if resume and log_path.exists() else []
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".log.jsonl.")
