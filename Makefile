@@ -7,7 +7,7 @@ GLUE_DIR ?=
 DEMO_TASK ?= mrpc
 DEMO_OUT  ?= demo_output
 
-.PHONY: install test test-fast demo interop clean
+.PHONY: install test demo interop bench clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,15 @@ test: install
 
 demo: install
 	GLUE_DIR="$(GLUE_DIR)" DEMO_TASK="$(DEMO_TASK)" DEMO_OUT="$(DEMO_OUT)" $(PY) scripts/demo.py
+
+# Opt-in: our adapters <-> Hugging Face PEFT 0.21.2, in a separate venv (.venv-hfpeft) since both are `peft`.
+interop: install
+	PEFT_INTEROP=1 $(PY) -m pytest -q tests/test_peft_interop.py
+
+# Speed: the IVON optimizer vs AdamW, and a training step of every method on MiniLM (needs GLUE_DIR).
+bench: install
+	$(PY) bench/ivon_step.py
+	$(PY) bench/step_time.py --glue_dir "$(GLUE_DIR)"
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
