@@ -559,9 +559,10 @@ def build_model(args, num_labels: int, label_names: list[str] | None):
     if args.lora_path is None:
         return peft.get_peft_model(model, adapter_config(args)), tokenizer
     saved = peft.PeftConfig.from_pretrained(args.lora_path)
-    saved.inference_mode = args.eval_only
+    # Trainable even for --eval_only: IVON's predictive evaluation samples the trainable parameters.
+    saved.inference_mode = False
     model = peft.get_peft_model(model, saved)
-    model.load_adapter(args.lora_path, "default", is_trainable=not args.eval_only)
+    model.load_adapter(args.lora_path, "default", is_trainable=True)
     return model, tokenizer
 
 
@@ -961,6 +962,17 @@ def load_ivon_state(run: Run, path: Path) -> None:
         run.accelerator.print(f"note: {path.name} was trained with ess={saved.get('ess')}, this run uses ess={ess}")
 
 
+def _saved_ess(args: argparse.Namespace) -> float:
+    """IVON's ess for evaluating a saved adapter: --ivon_ess, else the one it was trained with."""
+    if args.ivon_ess:
+        return args.ivon_ess
+    saved = Path(args.lora_path or "") / "ivon_state.pt"
+    if args.lora_path is None or not saved.is_file():
+        raise UsageError("--eval_only with --ivon_infer_mc_samples needs --lora_path with an ivon_state.pt "
+                         "(or --ivon_ess)")
+    return torch.load(saved, map_location="cpu", weights_only=False)["ess"]
+
+
 def _save_pretrained_atomic(obj, out: Path) -> None:
     """save_pretrained into a temp folder in `out`, then move each file into place with os.replace."""
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".tmp_save_"))
@@ -1091,6 +1103,9 @@ def _setup(args: argparse.Namespace) -> tuple[Run, TrainState, Path | None]:
         optimizer = build_optimizer(args, model, len(train_ds), accelerator.device)
         scheduler = build_scheduler(args, optimizer, plan)
         model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    elif args.use_ivon and args.ivon_infer_mc_samples > 0:  # predictive evaluation of a saved adapter
+        optimizer = build_optimizer(args, model, _saved_ess(args), accelerator.device)
+        model, optimizer = accelerator.prepare(model, optimizer)
     else:
         model = accelerator.prepare(model)
     ivon_opt = None

@@ -136,3 +136,18 @@ def test_ivon_mc_samples_with_accumulation(tiny, tmp_path, monkeypatch):
     assert calls.count(True) == 18 * 2
     assert calls.count(False) == 3 * 2 * 3  # 3 epoch-end evals x 2 dev batches x 3 samples
     assert read_results(out)["train_steps"] == 6
+
+
+def test_eval_only_ivon_predictive_from_saved_adapter(tiny, tmp_path, monkeypatch):
+    """--eval_only on a saved VILoRA adapter samples from the saved posterior (its ess and Hessian)."""
+    import ivon
+    first = tmp_path / "first"
+    assert _run(tiny, first, "--apply_lora", "--lora_type", "vilora", *ADALORA, "--learning_rate", "0.05") == 0
+    calls = []
+    real = ivon.IVON.sampled_params
+    monkeypatch.setattr(ivon.IVON, "sampled_params", lambda self, train=False: calls.append(train) or real(self, train))
+    out = tmp_path / "eval"
+    assert _run(tiny, out, "--apply_lora", "--lora_path", str(first), "--eval_only", "--ivon_infer_mc_samples", "3") == 0
+    res = read_results(out)
+    assert res["use_ivon"] is True and res["train_steps"] == 0 and calls == [False] * (2 * 3)
+    assert not (out / "ivon_state.pt").exists() and not (out / "adapter_model.safetensors").exists()
