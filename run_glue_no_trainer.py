@@ -329,7 +329,9 @@ def read_glue_tsv(path: Path, task: str) -> dict[str, list]:
                 try:
                     label = float(raw)
                 except ValueError:
-                    raise UsageError(f"{path}:{line_no}: label {raw!r} is not a number (stsb scores 0-5)") from None
+                    label = math.nan
+                if not 0.0 <= label <= 5.0:  # also rejects NaN
+                    raise UsageError(f"{path}:{line_no}: label {raw!r} is not an stsb score (a number from 0 to 5)")
             elif raw in to_id:
                 label = to_id[raw]
             else:

@@ -317,6 +317,11 @@ def test_bad_glue_files_name_file_and_line(tiny_model, tmp_path, capsys):
                                            .replace("\tnot_entailment", "\tmaybe")] + lines[4:]) + "\n")
     line = _bad(capsys, 2, model=tiny_model, glue=glue, out=tmp_path / "o", expect=f"{path}:4: label 'maybe'")
     assert "valid: entailment, not_entailment" in line
+    stsb = write_tiny_glue(tmp_path / "s", "stsb", n_train=6, n_dev=4) / "STS-B" / "train.tsv"
+    rows = stsb.read_text().splitlines()
+    stsb.write_text("\n".join(rows[:2] + [rows[2].rsplit("\t", 1)[0] + "\t7.5"] + rows[3:]) + "\n")
+    line = _bad(capsys, 2, model=tiny_model, glue=tmp_path / "s", task="stsb", out=tmp_path / "o",
+                expect=f"{stsb}:3: label '7.5' is not an stsb score")
     path.write_text("\n".join(lines[:5] + ["7\tonly two"] + lines[5:]) + "\n")
     _bad(capsys, 2, model=tiny_model, glue=glue, out=tmp_path / "o",
          expect=f"{path}:6: expected 4 tab-separated columns, found 2")
