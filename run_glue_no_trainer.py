@@ -409,9 +409,12 @@ def label_setup(args: argparse.Namespace, raw: dict[str, datasets.Dataset]):
 def tokenize_splits(args, raw, tokenizer, label_to_id) -> dict[str, datasets.Dataset]:
     """Tokenize every split; the label column becomes ``labels`` (class id or float score)."""
     cols = [c for c in raw[next(iter(raw))].column_names if c not in ("label", "idx")]
-    key1, key2 = TASK_TO_KEYS[args.task_name] if args.task_name else (
-        ("sentence1", "sentence2") if {"sentence1", "sentence2"} <= set(cols) else (cols[0], cols[1] if len(cols) > 1 else None))
-
+    if args.task_name:
+        key1, key2 = TASK_TO_KEYS[args.task_name]
+    elif {"sentence1", "sentence2"} <= set(cols):
+        key1, key2 = "sentence1", "sentence2"
+    else:  # custom data: the first one or two text columns
+        key1, key2 = cols[0], (cols[1] if len(cols) > 1 else None)
     missing = [k for k in (key1, key2) if k is not None and k not in cols]
     if missing:
         raise UsageError(f"the data has no column {missing[0]!r} (columns: {', '.join(cols)}); "
@@ -451,7 +454,9 @@ def custom_lr_lambda(step: int, *, warmup_steps: int, const_end: float, total_st
     """The paper's `_clr` schedule (SPEC G.3); with the base lr forced to 1.0 it is the absolute lr.
 
     W = warmup_steps, C = const_end (an absolute step), N = total_steps:
-    s < W: first_lr * s / W;  W <= s < C: first_lr;  s >= C: max(second_lr - (second_lr - end_lr) (s - C)/(N - C), end_lr)
+    s < W:       first_lr * s / W
+    W <= s < C:  first_lr
+    s >= C:      max(second_lr - (second_lr - end_lr) * (s - C) / (N - C), end_lr)
     """
     if step < warmup_steps:
         return first_lr / warmup_steps * step
@@ -497,8 +502,8 @@ def plan_steps(args: argparse.Namespace, n_train: int) -> StepPlan:
 def build_scheduler(args, optimizer, plan: StepPlan):
     """A transformers schedule by name, or the custom `_clr` LambdaLR (base lr already 1.0)."""
     if args.use_custom_lr_schedule:
-        lam = functools.partial(custom_lr_lambda, warmup_steps=args.num_warmup_steps,
-                                const_end=custom_schedule_const_end(args.lr_schedule_const_epochs, plan.updates_per_epoch),
+        const_end = custom_schedule_const_end(args.lr_schedule_const_epochs, plan.updates_per_epoch)
+        lam = functools.partial(custom_lr_lambda, warmup_steps=args.num_warmup_steps, const_end=const_end,
                                 total_steps=plan.max_train_steps, first_lr=args.lr_schedule_first_lr,
                                 second_lr=args.lr_schedule_second_lr, end_lr=args.lr_schedule_end_lr)
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lam)
@@ -545,8 +550,9 @@ def build_model(args, num_labels: int, label_names: list[str] | None):
     except RuntimeError as e:
         if "ignore_mismatched_sizes" not in str(e):
             raise
-        raise UsageError(f"{args.model_name_or_path} has weights (e.g. a classifier head) of other shapes than this "
-                         f"task needs ({num_labels} labels); pass --ignore_mismatched_sizes to re-initialise them") from None
+        raise UsageError(f"{args.model_name_or_path} has weights (e.g. a classifier head) of other shapes than "
+                         f"this task needs ({num_labels} labels); pass --ignore_mismatched_sizes to re-initialise "
+                         "them") from None
     if args.gradient_checkpointing:
         if not model.supports_gradient_checkpointing:
             raise UsageError(f"--gradient_checkpointing: model type {config.model_type} does not support it")
@@ -1071,7 +1077,8 @@ def _setup(args: argparse.Namespace) -> tuple[Run, TrainState, Path | None]:
         (args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little") % 2**31)
     log_with = None
     if args.with_tracking:
-        log_with = [t for t in ("tensorboard", "wandb") if _importable(t)] if args.report_to == "all" else [args.report_to]
+        wanted = ("tensorboard", "wandb") if args.report_to == "all" else (args.report_to,)
+        log_with = [t for t in wanted if _importable(t)]
     accelerator = Accelerator(mixed_precision=args.mixed_precision, log_with=log_with, project_dir=str(out))
     if accelerator.num_processes > 1:
         raise UsageError("this script trains on a single process; run it without a distributed launcher")

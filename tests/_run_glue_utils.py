@@ -58,7 +58,8 @@ def write_tiny_glue(root: Path, task: str = "rte", n_train: int = 48, n_dev: int
                 lines.append(f"{i}\t{s1}\t{s2}\t{'not_entailment' if y else 'entailment'}")
             elif task == "stsb":
                 if i == 0:
-                    lines.append("index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore")
+                    lines.append("\t".join(["index", "genre", "filename", "year", "old_index", "source1",
+                                             "source2", "sentence1", "sentence2", "score"]))
                 score = 4.0 + rng.random() if y else rng.random()
                 lines.append(f"{i}\tmain\tf\t2012\t{i}\tnone\tnone\t{s1}\t{s2}\t{score:.3f}")
             elif task == "mrpc":
@@ -73,7 +74,8 @@ def write_tiny_glue(root: Path, task: str = "rte", n_train: int = 48, n_dev: int
                 lines.append(f"{s1}\t{y}")
             elif task == "mnli":
                 if i == 0:
-                    lines.append("index\tpromptID\tpairID\tgenre\tb1\tb2\tp1\tp2\tsentence1\tsentence2\tlabel1\tgold_label")
+                    lines.append("\t".join(["index", "promptID", "pairID", "genre", "b1", "b2", "p1", "p2",
+                                             "sentence1", "sentence2", "label1", "gold_label"]))
                 lab = ["entailment", "neutral", "contradiction"][i % 3]
                 lines.append(f"{i}\t0\t0\tfiction\tx\tx\tx\tx\t{s1}\t{s2}\t{lab}\t{lab}")
         (root / folder / name).write_text("\n".join(lines) + "\n")

@@ -147,7 +147,8 @@ def test_eval_only_ivon_predictive_from_saved_adapter(tiny, tmp_path, monkeypatc
     real = ivon.IVON.sampled_params
     monkeypatch.setattr(ivon.IVON, "sampled_params", lambda self, train=False: calls.append(train) or real(self, train))
     out = tmp_path / "eval"
-    assert _run(tiny, out, "--apply_lora", "--lora_path", str(first), "--eval_only", "--ivon_infer_mc_samples", "3") == 0
+    assert _run(tiny, out, "--apply_lora", "--lora_path", str(first), "--eval_only",
+                "--ivon_infer_mc_samples", "3") == 0
     res = read_results(out)
     assert res["use_ivon"] is True and res["train_steps"] == 0 and calls == [False] * (2 * 3)
     assert not (out / "ivon_state.pt").exists() and not (out / "adapter_model.safetensors").exists()
