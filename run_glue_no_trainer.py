@@ -17,6 +17,16 @@ and tokenizer, `run_config.json`, `log.jsonl`, `rank_pattern.json` (AdaLoRA/VILo
 A run killed at any point continues exactly where its last checkpoint left off with
 `--resume_from_checkpoint latest` (same flags). On a CPU shared with other jobs, set OMP_NUM_THREADS=1:
 oversubscribed torch threads can make each step ten times slower.
+
+Several processes (`accelerate launch --num_processes N run_glue_no_trainer.py ...`, or torchrun; gloo on CPUs)
+train data-parallel on a global batch of N x --per_device_train_batch_size examples, each process taking its
+share of every batch (`shard_batch`), so that one update sees the examples a single process with the global
+batch would. AdamW gradients are averaged by DDP at accumulation boundaries only. Under IVON each process
+draws its own posterior sample (its own RNG stream, `seed_process`), backpropagates without DDP's all-reduce,
+and IVON(sync=True) averages the gradient statistics in step(), so all processes hold one posterior; AdaLoRA's
+sensitivity score then uses gradients averaged over the processes (`average_gradients`), so rank allocation
+is identical everywhere. Evaluation is split over the processes and gathered. The main process writes all
+outputs; checkpoints add one RNG state file per process.
 """
 from __future__ import annotations
 
@@ -164,7 +174,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--gradient_checkpointing", action="store_true")
 
     g = p.add_argument_group("training loop")
-    g.add_argument("--per_device_train_batch_size", type=int, default=8)
+    g.add_argument("--per_device_train_batch_size", type=int, default=8,
+                   help="examples per process; an update sees this x the number of processes")
     g.add_argument("--per_device_eval_batch_size", type=int, default=8)
     g.add_argument("--learning_rate", type=float, default=5e-5)
     g.add_argument("--weight_decay", type=float, default=0.0, help="AdamW only")
@@ -441,6 +452,22 @@ def epoch_batches(n_examples: int, batch_size: int, seed: int, epoch: int) -> li
     return [order[i:i + batch_size] for i in range(0, n_examples, batch_size)]
 
 
+def shard_batch(batch: list[int], rank: int, world: int) -> tuple[list[int], float]:
+    """This process's part of a global batch, and the weight of its loss.
+
+    Process r takes examples r, r + N, r + 2N, ... of the batch (N = world), so the N parts together are exactly
+    the batch a single process would see. Each part's mean loss is weighted by w_r = N·n_r/n (n_r of the
+    batch's n examples), so that the mean over processes of w_r·loss_r, which is what DDP's gradient average and
+    IVON's `sync` compute, is the mean loss over the whole batch, also for a short last batch. A process that
+    gets no example (a last batch smaller than N) runs one example with weight 0: it must still take part in
+    the gradient all-reduce.
+    """
+    part = batch[rank::world]
+    if not part:
+        return batch[:1], 0.0
+    return part, world * len(part) / len(batch)
+
+
 def _loader(dataset, collator, batch_sampler=None, batch_size=None) -> DataLoader:
     # A private generator: iterating a DataLoader otherwise draws its base seed from the global RNG,
     # which would shift dropout/IVON noise between an interrupted and an uninterrupted run.
@@ -479,9 +506,12 @@ class StepPlan:
     num_epochs: int
 
 
-def plan_steps(args: argparse.Namespace, n_train: int) -> StepPlan:
-    """Count updates and check the schedules fit the run (AdaLoRA budget phases, custom LR phases)."""
-    batches = math.ceil(n_train / args.per_device_train_batch_size)
+def plan_steps(args: argparse.Namespace, n_train: int, num_processes: int = 1) -> StepPlan:
+    """Count updates and check the schedules fit the run (AdaLoRA budget phases, custom LR phases).
+
+    A batch is global: --per_device_train_batch_size x num_processes examples, split over the processes.
+    """
+    batches = math.ceil(n_train / (args.per_device_train_batch_size * num_processes))
     per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
     total = args.max_train_steps or args.num_train_epochs * per_epoch
     plan = StepPlan(batches, per_epoch, total, math.ceil(total / per_epoch))
@@ -584,8 +614,11 @@ def lora_kind(model) -> str:
     return "adalora" if hasattr(cfg, "init_r") else "lora"
 
 
-def build_optimizer(args, model, n_train: int, device: torch.device):
-    """IVON over the trainable params (one group, model order) or AdamW with the usual no-decay group."""
+def build_optimizer(args, model, n_train: int, device: torch.device, sync: bool = False):
+    """IVON over the trainable params (one group, model order) or AdamW with the usual no-decay group.
+
+    `sync` (several processes): IVON averages its gradient statistics over the processes in step(), see train().
+    """
     lr = 1.0 if args.use_custom_lr_schedule else args.learning_rate  # custom schedule values are absolute lrs
     if args.use_ivon:
         import ivon
@@ -593,7 +626,8 @@ def build_optimizer(args, model, n_train: int, device: torch.device):
         try:
             return ivon.IVON(params, lr=lr, ess=args.ivon_ess or n_train, hess_init=args.ivon_hess_init,
                              beta1=args.ivon_beta1, beta2=args.ivon_beta2, weight_decay=args.ivon_weight_decay,
-                             mc_samples=args.ivon_train_mc_samples, clip_radius=args.ivon_clip_radius, device=device)
+                             mc_samples=args.ivon_train_mc_samples, clip_radius=args.ivon_clip_radius, device=device,
+                             sync=sync)
         except ValueError as e:
             raise UsageError(f"IVON: {e}") from None
     decay, no_decay = [], []
@@ -621,6 +655,7 @@ class TrainState:
     last_eval_step: int | None = None
     log_lines: int = 0
     train_runtime_s: float = 0.0
+    train_batch_size: int | None = None  # global batch (per device x processes); None in older checkpoints
 
 
 @dataclasses.dataclass
@@ -642,6 +677,7 @@ class Run:
     metric_task: str
     is_regression: bool
     out: Path
+    n_eval: int = 0                 # dev examples the last evaluation scored (gathered over processes)
 
     @property
     def peft_model(self):
@@ -653,14 +689,19 @@ class Run:
 
 
 class JsonlLog:
-    """Appends one JSON object per line to OUT/log.jsonl (flushed, so a killed run keeps what it logged)."""
+    """Appends one JSON object per line to OUT/log.jsonl (flushed, so a killed run keeps what it logged).
 
-    def __init__(self, path: Path, state: TrainState):
-        self.path, self.state = path, state
+    Only the main process writes (`enabled`); the others count lines too, so that every process holds the
+    same TrainState.
+    """
+
+    def __init__(self, path: Path, state: TrainState, enabled: bool = True):
+        self.path, self.state, self.enabled = path, state, enabled
 
     def write(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
         self.state.log_lines += 1
 
 
@@ -682,7 +723,7 @@ def _torch_save_atomic(obj: Any, path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- training
-def forward_backward(run: Run, batch: dict, group_size: int) -> float:
+def forward_backward(run: Run, batch: dict, group_size: int, weight: float = 1.0, sync: bool = True) -> float:
     """Loss and gradient of one micro-batch; under IVON each of the mc samples runs at perturbed weights.
 
     The loss is divided by the number of micro-batches in this accumulation group (`group_size`, smaller than
@@ -690,18 +731,52 @@ def forward_backward(run: Run, batch: dict, group_size: int) -> float:
     As in the paper's script, grads are *not* zeroed between IVON samples or micro-batches: IVON records
     p.grad when each sample ends, so with mc > 1 or gas > 1 the k-th recorded sample holds the running sum of
     the first k gradients (the paper always used mc = gas = 1, where this makes no difference).
+
+    Several processes: the loss is multiplied by this process's `weight` (see `shard_batch`), and with
+    `sync=False` DDP does not all-reduce the gradient (micro-batches before an accumulation boundary; every
+    IVON micro-batch, since IVON averages its own statistics in step()). Returns the mean loss over the whole
+    global batch, the same number on every process; a non-finite loss on any process stops all of them.
     """
+    acc = run.accelerator
+    world = acc.num_processes
     samples = run.args.ivon_train_mc_samples if run.ivon is not None else 1
     sample_ctx = (lambda: run.ivon.sampled_params(train=True)) if run.ivon is not None else contextlib.nullcontext
+    grad_sync_ctx = contextlib.nullcontext() if sync else acc.no_sync(run.model)
     total = 0.0
-    for _ in range(samples):
-        with sample_ctx():
-            loss = run.model(**batch).loss
-            if not torch.isfinite(loss):
-                raise TrainingError(f"non-finite training loss ({loss.item()})")
-            run.accelerator.backward(loss / group_size)
-        total += loss.item()
+    with grad_sync_ctx:
+        for _ in range(samples):
+            with sample_ctx():
+                loss = run.model(**batch).loss
+                if world > 1:
+                    loss = loss * weight
+                    # sum over processes of w_r·loss_r/N = the global batch's mean loss; NaN/inf anywhere shows
+                    shown = loss.detach().float() / world if weight > 0 else torch.zeros((), device=loss.device)
+                    torch.distributed.all_reduce(shown)
+                    value = shown.item()
+                else:
+                    value = loss.item()
+                if not math.isfinite(value):
+                    raise TrainingError(f"non-finite training loss ({value})")
+                acc.backward(loss / group_size)
+            total += value
     return total / samples
+
+
+def average_gradients(run: Run) -> None:
+    """Average the trainable parameters' .grad over the processes (one flat all-reduce).
+
+    Under IVON every process backpropagates its own posterior sample without DDP's all-reduce, so p.grad
+    differs between processes. AdaLoRA's sensitivity score reads p.grad, and the allocator must decide the
+    same masks everywhere: averaging first makes the score the one of the whole global batch (posterior
+    criteria read only IVON's state, which `sync` already keeps identical).
+    """
+    grads = [p.grad for p in run.peft_model.parameters() if p.requires_grad and p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat.div_(run.accelerator.num_processes)
+    torch._foreach_copy_(grads, [v.view_as(g) for v, g in zip(flat.split([g.numel() for g in grads]), grads)])
 
 
 def optimizer_update(run: Run, state: TrainState) -> float:
@@ -709,8 +784,12 @@ def optimizer_update(run: Run, state: TrainState) -> float:
     lr = run.optimizer.param_groups[0]["lr"]
     run.optimizer.step()
     if run.args.lr_scheduler_type not in METRIC_SCHEDULERS or run.args.use_custom_lr_schedule:
-        run.scheduler.step()
+        if not getattr(run.optimizer, "step_was_skipped", False):  # fp16: an overflow skips the step
+            run.scheduler.step()
     if run.adaptive:
+        criterion = getattr(run.peft_model.peft_config["default"], "criterion", None) or "sensitivity"
+        if run.ivon is not None and run.accelerator.num_processes > 1 and criterion == "sensitivity":
+            average_gradients(run)
         run.peft_model.base_model.update_and_allocate(state.completed_steps)
     run.optimizer.zero_grad(set_to_none=True)
     state.completed_steps += 1
@@ -735,17 +814,24 @@ def _train_epochs(run: Run, state: TrainState, log: JsonlLog, bar: tqdm) -> None
     step_sleep = float(os.environ.get("RUN_GLUE_DEBUG_STEP_SLEEP", "0"))  # lets tests kill a run mid-way
     started = time.time() - state.train_runtime_s
     group_losses: list[float] = []
+    acc = run.accelerator
     for epoch in range(state.epoch, plan.num_epochs):
         run.model.train()
-        batches = epoch_batches(len(run.train_dataset), args.per_device_train_batch_size, state.seed, epoch)
-        loader = _loader(run.train_dataset, run.collator, batch_sampler=batches[state.batches_done:])
+        # Global batches, the same on every process; each process trains on its shard of each.
+        batches = epoch_batches(len(run.train_dataset), args.per_device_train_batch_size * acc.num_processes,
+                                state.seed, epoch)
+        shards = [shard_batch(b, acc.process_index, acc.num_processes) for b in batches]
+        loader = _loader(run.train_dataset, run.collator, batch_sampler=[idx for idx, _ in shards[state.batches_done:]])
         for i, batch in enumerate(loader, start=state.batches_done):
             if state.completed_steps >= plan.max_train_steps:  # resumed from the final checkpoint
                 break
-            batch = {k: v.to(run.accelerator.device) for k, v in batch.items()}
+            batch = {k: v.to(acc.device) for k, v in batch.items()}
             group_start = i - i % gas
+            # DDP all-reduces gradients only at the accumulation boundary; IVON never (it syncs in step()).
+            boundary = (i + 1) % gas == 0 or i + 1 == n_batches
             try:
-                loss = forward_backward(run, batch, min(gas, n_batches - group_start))
+                loss = forward_backward(run, batch, min(gas, n_batches - group_start), weight=shards[i][1],
+                                        sync=boundary and run.ivon is None)
             except TrainingError as e:
                 last = _checkpoints(run.out)
                 raise TrainingError(f"{e} at update {state.completed_steps + 1} (epoch {epoch}, batch {i}); "
@@ -804,9 +890,17 @@ def _model_stats(run: Run) -> dict:
 @torch.no_grad()
 def evaluate(run: Run, loader: DataLoader) -> dict[str, float]:
     """Dev-set metrics; under IVON with --ivon_infer_mc_samples K > 0 the prediction is the mean over K
-    posterior samples of the logits (regression scores included), else the posterior-mean model's."""
+    posterior samples of the logits (regression scores included), else the posterior-mean model's.
+
+    Several processes: the loader is accelerate-prepared, so each process predicts its share of the dev set
+    (under IVON with its own posterior samples), and `gather_for_metrics` collects the predictions in dataset
+    order with the padding of the last batches dropped. Every process then computes the same metric over
+    exactly the dev set; `run.n_eval` counts the examples scored.
+    """
     run.model.eval()
     samples = run.args.ivon_infer_mc_samples if run.ivon is not None else 0
+    multi = getattr(run.accelerator, "num_processes", 1) > 1
+    run.n_eval = 0
     for batch in loader:
         batch = {k: v.to(run.accelerator.device) for k, v in batch.items()}
         labels = batch.pop("labels")
@@ -819,7 +913,10 @@ def evaluate(run: Run, loader: DataLoader) -> dict[str, float]:
         else:
             logits = run.model(**batch).logits.float()
         preds = logits[:, 0] if run.is_regression else logits.argmax(dim=-1)
+        if multi:
+            preds, labels = run.accelerator.gather_for_metrics((preds, labels))
         run.metric.add_batch(predictions=preds.cpu().numpy(), references=labels.cpu().numpy())
+        run.n_eval += len(preds)
     run.model.train()
     return run.metric.compute()
 
@@ -827,6 +924,7 @@ def evaluate(run: Run, loader: DataLoader) -> dict[str, float]:
 def run_eval(run: Run, state: TrainState, log: JsonlLog, epoch: float) -> dict[str, float]:
     """Evaluate on the dev split(s), log, and keep the best result by the task's primary metric."""
     results = {f"eval_{k}": v for k, v in evaluate(run, run.eval_loaders["validation"]).items()}
+    n_eval = run.n_eval
     if "validation_mismatched" in run.eval_loaders:  # MNLI: both dev sets (the fork kept only mismatched)
         results |= {f"eval_{k}_mm": v for k, v in evaluate(run, run.eval_loaders["validation_mismatched"]).items()}
     primary = "eval_" + PRIMARY_METRIC.get(run.metric_task, "accuracy")
@@ -834,7 +932,6 @@ def run_eval(run: Run, state: TrainState, log: JsonlLog, epoch: float) -> dict[s
     if best is None or (not math.isnan(value) and (math.isnan(best) or value > best)):  # NaN (constant preds) loses
         state.best_metric, state.best_step, state.best_eval = results[primary], state.completed_steps, dict(results)
     state.last_eval, state.last_eval_step = results, state.completed_steps
-    n_eval = len(run.eval_loaders["validation"].dataset)
     log.write({"step": state.completed_steps, "epoch": epoch} | results | _model_stats(run) | {"n_eval": n_eval})
     run.accelerator.print(f"step {state.completed_steps}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
     if run.args.with_tracking:
@@ -861,6 +958,21 @@ def _rng_states() -> dict:
     return states
 
 
+def _rng_file(rank: int) -> str:
+    """Each process's RNG state file in a checkpoint (rank 0 keeps the single-process name)."""
+    return "rng.pt" if rank == 0 else f"rng_rank{rank}.pt"
+
+
+def seed_process(seed: int, rank: int) -> None:
+    """Give process `rank` > 0 its own RNG stream (IVON's posterior samples, dropout), derived from the seed.
+
+    Every process starts from `seed`, so the model and adapter are initialised identically; this is called
+    once setup is done. Rank 0 keeps the seed's stream, as a single-process run does.
+    """
+    if rank > 0:
+        transformers.set_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]) % 2**31)
+
+
 def _set_rng_states(states: dict) -> None:
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
@@ -873,52 +985,82 @@ def save_checkpoint(run: Run, state: TrainState) -> Path:
     """Write OUT/checkpoints/step_<n>/ (trainable weights, optimizer, scheduler, allocator, RNG, data position).
 
     Everything goes into a hidden temp folder first, which is then renamed, so a kill at any moment leaves
-    either the complete checkpoint or none.
+    either the complete checkpoint or none. Several processes: every process writes its own RNG state into
+    the temp folder; weights, optimizer, scheduler and allocator state are identical on all of them (DDP and
+    IVON's sync make every update the same), so the main process writes the single copy.
     """
+    acc = run.accelerator
     root = run.out / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{state.completed_steps}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp_{final.name}_"))
-    model = run.peft_model
-    weights = model.state_dict() if run.kind == "full" else \
-        {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    torch.save(weights, tmp / "model.pt")
-    torch.save(run.optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(run.scheduler.state_dict(), tmp / "scheduler.pt")
-    if run.adaptive:
-        torch.save(model.base_model.allocator_state_dict(), tmp / "allocator.pt")
-    if run.accelerator.scaler is not None:
-        torch.save(run.accelerator.scaler.state_dict(), tmp / "scaler.pt")
-    torch.save(_rng_states(), tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps(dataclasses.asdict(state)))
-    os.chmod(tmp, 0o755)  # mkdtemp creates 0700 folders
-    if final.exists():  # e.g. an epoch checkpoint at the step of a step checkpoint: replace it
-        old = root / f".old_{final.name}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
+    tmp = root / f".tmp_{final.name}"  # a fixed name, so that every process finds it
+    if acc.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
+        tmp.mkdir()
+    acc.wait_for_everyone()
+    torch.save(_rng_states(), tmp / _rng_file(acc.process_index))
+    if acc.is_main_process:
+        model = run.peft_model
+        weights = model.state_dict() if run.kind == "full" else \
+            {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        torch.save(weights, tmp / "model.pt")
+        torch.save(run.optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(run.scheduler.state_dict(), tmp / "scheduler.pt")
+        if run.adaptive:
+            torch.save(model.base_model.allocator_state_dict(), tmp / "allocator.pt")
+        if acc.scaler is not None:
+            torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
+        (tmp / "state.json").write_text(json.dumps(dataclasses.asdict(state)))
+    acc.wait_for_everyone()  # every RNG file is in place
+    if acc.is_main_process:
+        os.chmod(tmp, 0o755)
+        if final.exists():  # e.g. an epoch checkpoint at the step of a step checkpoint: replace it
+            old = root / f".old_{final.name}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
     return final
+
+
+def restore_rng(run: Run, path: Path) -> None:
+    """Set this process's RNG state from checkpoint `path`. A process the checkpoint has no file for (it was
+    written by fewer processes) gets a stream derived from the seed and the step instead."""
+    f = path / _rng_file(run.accelerator.process_index)
+    if f.is_file():
+        _set_rng_states(torch.load(f, weights_only=False))
+        return
+    seed = json.loads((path / "state.json").read_text())
+    print(f"note: {path} has no {f.name} (written by fewer processes); process {run.accelerator.process_index} "
+          "continues with a fresh RNG stream", file=sys.stderr)
+    seed_process(seed["seed"] + seed["completed_steps"], run.accelerator.process_index)
 
 
 def load_checkpoint(run: Run, path: Path) -> TrainState:
     """Restore a checkpoint written by save_checkpoint; the RNG state is restored by the caller, last."""
     state = TrainState(**json.loads((path / "state.json").read_text()))
+    batch = run.args.per_device_train_batch_size * run.accelerator.num_processes
+    if state.train_batch_size is not None and state.train_batch_size != batch:
+        raise UsageError(f"checkpoint {path} was trained with a global batch of {state.train_batch_size}, this run's "
+                         f"is {batch} (--per_device_train_batch_size {run.args.per_device_train_batch_size} x "
+                         f"{run.accelerator.num_processes} processes); resume with the same global batch")
     model = run.peft_model
-    weights = torch.load(path / "model.pt", map_location=run.accelerator.device, weights_only=False)
+    # torch.load restores only "cpu" (not the "cpu:<rank>" devices of CPU processes) or an accelerator device
+    device = "cpu" if run.accelerator.device.type == "cpu" else run.accelerator.device
+    weights = torch.load(path / "model.pt", map_location=device, weights_only=False)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if unexpected or (trainable - set(weights)):
         raise UsageError(f"checkpoint {path} does not match the model (missing {sorted(trainable - set(weights))[:3]},"
                          f" unexpected {unexpected[:3]}); resume with the flags of the original run")
     # IVON keeps its hess/momentum buffers in param_groups, which torch does not move; AdamW wants CPU step counts.
-    opt_device = run.accelerator.device if run.ivon is not None else "cpu"
+    opt_device = device if run.ivon is not None else "cpu"
     run.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=opt_device, weights_only=False))
     run.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     if run.adaptive:
         model.base_model.load_allocator_state_dict(
-            torch.load(path / "allocator.pt", map_location=run.accelerator.device, weights_only=False))
+            torch.load(path / "allocator.pt", map_location=device, weights_only=False))
     if (path / "scaler.pt").exists() and run.accelerator.scaler is not None:
         run.accelerator.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=False))
     return state
@@ -1079,17 +1221,23 @@ def _setup(args: argparse.Namespace) -> tuple[Run, TrainState, Path | None]:
     if args.with_tracking:
         wanted = ("tensorboard", "wandb") if args.report_to == "all" else (args.report_to,)
         log_with = [t for t in wanted if _importable(t)]
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, log_with=log_with, project_dir=str(out))
-    if accelerator.num_processes > 1:
-        raise UsageError("this script trains on a single process; run it without a distributed launcher")
-    transformers.set_seed(seed)
+    # Launched as several processes (accelerate launch --num_processes N, torchrun) on a machine without GPUs:
+    # accelerate only sets up gloo on CPUs when asked to, otherwise every process would train alone.
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, log_with=log_with, project_dir=str(out),
+                              cpu=launched > 1 and not torch.accelerator.is_available())
+    world = accelerator.num_processes
+    if world != launched:
+        raise UsageError(f"launched as {launched} processes (WORLD_SIZE) but accelerate set up {world} "
+                         f"({accelerator.distributed_type}); check the launcher's settings (`accelerate config`)")
+    transformers.set_seed(seed)  # the same on every process: identical initial weights (see seed_process)
     if not accelerator.is_local_main_process:
         datasets.utils.logging.set_verbosity_error()
         transformers.utils.logging.set_verbosity_error()
 
     raw = load_glue(args)
     is_regression, label_names, label_to_id = label_setup(args, raw)
-    plan = None if args.eval_only else plan_steps(args, len(raw["train"]))
+    plan = None if args.eval_only else plan_steps(args, len(raw["train"]), world)
     model, tokenizer = build_model(args, 1 if is_regression else len(label_names), label_names)
     kind = lora_kind(model)
     if args.apply_lora and kind in ("adalora", "vilora") and args.lora_path is not None and not args.eval_only:
@@ -1103,17 +1251,20 @@ def _setup(args: argparse.Namespace) -> tuple[Run, TrainState, Path | None]:
     collator = default_data_collator if args.pad_to_max_length else DataCollatorWithPadding(
         tokenizer, pad_to_multiple_of=8 if args.mixed_precision in ("fp16", "bf16") else None)
     eval_names = [s for s in tokenized if s != "train"]
-    eval_loaders = {("validation" if s == "validation_matched" else s):
-                    _loader(tokenized[s], collator, batch_size=args.per_device_eval_batch_size) for s in eval_names}
+    # Prepared: with several processes each gets a share of the dev set (see evaluate).
+    eval_loaders = {("validation" if s == "validation_matched" else s): accelerator.prepare(
+                    _loader(tokenized[s], collator, batch_size=args.per_device_eval_batch_size)) for s in eval_names}
     train_ds = tokenized.get("train")
 
     optimizer = scheduler = None
     if not args.eval_only:
-        optimizer = build_optimizer(args, model, len(train_ds), accelerator.device)
+        optimizer = build_optimizer(args, model, len(train_ds), accelerator.device, sync=world > 1)
         scheduler = build_scheduler(args, optimizer, plan)
-        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        # The scheduler stays unprepared: accelerate would step it once per process per update, for loaders it
+        # shards itself; plan_steps already counts updates of the global batch.
+        model, optimizer = accelerator.prepare(model, optimizer)
     elif args.use_ivon and args.ivon_infer_mc_samples > 0:  # predictive evaluation of a saved adapter
-        optimizer = build_optimizer(args, model, _saved_ess(args), accelerator.device)
+        optimizer = build_optimizer(args, model, _saved_ess(args), accelerator.device, sync=world > 1)
         model, optimizer = accelerator.prepare(model, optimizer)
     else:
         model = accelerator.prepare(model)
@@ -1122,8 +1273,10 @@ def _setup(args: argparse.Namespace) -> tuple[Run, TrainState, Path | None]:
         import ivon
         ivon_opt = ivon.unwrap_ivon(optimizer) if optimizer is not None else None
     metric_task = args.task_name or ("stsb" if is_regression else "sst2")
+    # In memory: no cache files, which processes on one machine would otherwise contend for.
+    metric = hf_evaluate.load(str(METRIC_DIR), metric_task, keep_in_memory=True)
     run = Run(args, accelerator, model, tokenizer, optimizer, scheduler, ivon_opt, kind, train_ds, eval_loaders,
-              collator, plan, hf_evaluate.load(str(METRIC_DIR), metric_task), metric_task, is_regression, out)
+              collator, plan, metric, metric_task, is_regression, out)
     if run.adaptive and not args.eval_only:
         run.peft_model.peft_config["default"].total_step = plan.max_train_steps  # after prepare, as the fork
         run.peft_model.base_model.set_optimizer(optimizer)
@@ -1133,68 +1286,112 @@ def _setup(args: argparse.Namespace) -> tuple[Run, TrainState, Path | None]:
             load_ivon_state(run, saved)
         else:
             accelerator.print(f"note: {args.lora_path} has no ivon_state.pt; IVON's Hessian starts at hess_init")
-    state = load_checkpoint(run, resume) if resume else TrainState(seed=seed)
+    state = load_checkpoint(run, resume) if resume else \
+        TrainState(seed=seed, train_batch_size=args.per_device_train_batch_size * world)
     return run, state, resume
 
 
 def _prepare_output_dir(run: Run, state: TrainState, resume: Path | None) -> JsonlLog:
-    """Start writing: clear a finished/abandoned run when overwriting, trim the log to the checkpoint."""
-    out, args = run.out, run.args
-    out.mkdir(parents=True, exist_ok=True)
-    if args.overwrite_output_dir:
-        (out / "all_results.json").unlink(missing_ok=True)
-    if resume is None:  # a fresh run: drop what an earlier run wrote that this one might not rewrite
-        for stale in ("ivon_state.pt", "rank_pattern.json"):
-            (out / stale).unlink(missing_ok=True)
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # validate_args allowed it (overwrite or none)
+    """Start writing: clear a finished/abandoned run when overwriting, trim the log to the checkpoint.
+
+    Only the main process writes; the others wait until it is done.
+    """
+    out, args, acc = run.out, run.args, run.accelerator
     log_path = out / "log.jsonl"
-    lines = log_path.read_text().splitlines(keepends=True)[:state.log_lines] if resume and log_path.exists() else []
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".log.jsonl.")
-    with os.fdopen(fd, "w") as f:
-        f.writelines(lines)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, log_path)  # lines a killed run wrote after its last checkpoint are dropped
-    _write_json_atomic(out / "run_config.json", run_config(args, state.seed) |
-                       ({"resumed_from": str(resume)} if resume else {}))
-    if args.with_tracking:
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        if args.overwrite_output_dir:
+            (out / "all_results.json").unlink(missing_ok=True)
+        if resume is None:  # a fresh run: drop what an earlier run wrote that this one might not rewrite
+            for stale in ("ivon_state.pt", "rank_pattern.json"):
+                (out / stale).unlink(missing_ok=True)
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)  # validate_args allowed it (overwrite or none)
+        lines = log_path.read_text().splitlines(keepends=True)[:state.log_lines] if resume and log_path.exists() \
+            else []
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=".log.jsonl.")
+        with os.fdopen(fd, "w") as f:
+            f.writelines(lines)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, log_path)  # lines a killed run wrote after its last checkpoint are dropped
+        _write_json_atomic(out / "run_config.json", run_config(args, state.seed) |
+                           {"num_processes": acc.num_processes,
+                            "total_train_batch_size": args.per_device_train_batch_size * acc.num_processes} |
+                           ({"resumed_from": str(resume)} if resume else {}))
+    if args.with_tracking:  # accelerate starts trackers on the main process only
         cfg = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
-        run.accelerator.init_trackers(args.project_prefix + (args.task_name or "custom"), cfg)
-    return JsonlLog(log_path, state)
+        acc.init_trackers(args.project_prefix + (args.task_name or "custom"), cfg)
+    acc.wait_for_everyone()
+    return JsonlLog(log_path, state, enabled=acc.is_main_process)
+
+
+def debug_dump(run: Run, state: TrainState, folder: Path) -> None:
+    """Write this process's final state to folder/rank<r>.pt (tests compare processes; RUN_GLUE_DEBUG_DUMP_DIR):
+    trainable weights, rank pattern, IVON momentum/Hessian/step, last eval, n_eval and the torch RNG state."""
+    model = run.peft_model
+    dump = {"params": {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad},
+            "rank_pattern": _final_rank_pattern(run) if run.adaptive else None,
+            "last_eval": state.last_eval, "n_eval": run.n_eval, "completed_steps": state.completed_steps,
+            "torch_rng": torch.get_rng_state()}
+    if run.ivon is not None:
+        dump["ivon"] = {n: {k: v.detach().cpu().clone() for k, v in run.ivon.param_state(p).items()}
+                        for n, p in model.named_parameters() if p.requires_grad}
+        dump["ivon_step"] = run.ivon.current_step
+    folder.mkdir(parents=True, exist_ok=True)
+    _torch_save_atomic(dump, folder / f"rank{run.accelerator.process_index}.pt")
+
+
+def _is_main_launch() -> bool:
+    """True in a single process or in the launcher's rank 0 (the Accelerator may not exist yet)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the script; returns the exit status (0 ok, 1 training failed, 2 bad input)."""
+    """Run the script; returns the exit status (0 ok, 1 training failed, 2 bad input).
+
+    Under a distributed launch every process runs this; all of them validate the same flags and data, so a bad
+    input stops each with status 2 (reported once, by rank 0) before any of them waits for another.
+    """
     try:
         args = parse_args(argv)
         validate_args(args)
         run, state, resume = _setup(args)
     except AlreadyFinished as e:
-        print(e, file=sys.stderr)
+        if _is_main_launch():
+            print(e, file=sys.stderr)
         return 0
     except UsageError as e:
-        print(f"run_glue_no_trainer.py: error: {e}", file=sys.stderr)
+        if _is_main_launch():
+            print(f"run_glue_no_trainer.py: error: {e}", file=sys.stderr)
         return 2
+    acc = run.accelerator
     log = _prepare_output_dir(run, state, resume)
     if resume is not None:
-        _set_rng_states(torch.load(resume / "rng.pt", weights_only=False))  # last, so nothing consumes it first
-        run.accelerator.print(f"resumed from {resume} at update {state.completed_steps}")
+        restore_rng(run, resume)  # last, so nothing consumes it first
+        acc.print(f"resumed from {resume} at update {state.completed_steps}")
+    else:
+        seed_process(state.seed, acc.process_index)
     try:
         if args.eval_only:
             run_eval(run, state, log, epoch=0)
         else:
             train(run, state, log)
-    except TrainingError as e:
-        print(f"run_glue_no_trainer.py: error: {e}", file=sys.stderr)
+    except TrainingError as e:  # raised on every process at once (the loss check is collective)
+        if acc.is_main_process:
+            print(f"run_glue_no_trainer.py: error: {e}", file=sys.stderr)
         return 1
-    results = save_outputs(run, state)
-    if run.adaptive:
-        kept = run.peft_model.base_model.kept_ranks()
-        width = max(map(len, kept), default=0)
-        run.accelerator.print(f"final rank allocation ({sum(kept.values())} triplets kept):\n" +
-                              "\n".join(f"  {name:<{width}}  {r}" for name, r in kept.items()))
-    run.accelerator.print("results: " + json.dumps({k: v for k, v in results.items() if k.startswith("eval_")}))
-    if args.with_tracking:
-        run.accelerator.end_training()
+    if os.environ.get("RUN_GLUE_DEBUG_DUMP_DIR"):
+        debug_dump(run, state, Path(os.environ["RUN_GLUE_DEBUG_DUMP_DIR"]))
+    if acc.is_main_process:
+        results = save_outputs(run, state)
+        if run.adaptive:
+            kept = run.peft_model.base_model.kept_ranks()
+            width = max(map(len, kept), default=0)
+            acc.print(f"final rank allocation ({sum(kept.values())} triplets kept):\n" +
+                      "\n".join(f"  {name:<{width}}  {r}" for name, r in kept.items()))
+        acc.print("results: " + json.dumps({k: v for k, v in results.items() if k.startswith("eval_")}))
+    acc.wait_for_everyone()  # no process exits before the outputs are complete
+    if args.with_tracking or acc.num_processes > 1:
+        acc.end_training()  # ends trackers and the process group
     return 0
 
 

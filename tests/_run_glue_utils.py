@@ -11,7 +11,7 @@ WORDS = ["good", "bad", "cat", "dog", "runs", "sits", "the", "a", "big", "small"
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def make_tiny_model(path: Path) -> Path:
+def make_tiny_model(path: Path, dropout: float = 0.1) -> Path:
     """Save a randomly initialised 2-layer DeBERTa-v2 (hidden 32) and a BERT WordPiece tokenizer to `path`."""
     import torch
     from transformers import BertTokenizerFast, DebertaV2Config, DebertaV2Model
@@ -24,7 +24,7 @@ def make_tiny_model(path: Path) -> Path:
     config = DebertaV2Config(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                              intermediate_size=64, max_position_embeddings=64, relative_attention=True,
                              pos_att_type=["c2p", "p2c"], position_buckets=16, max_relative_positions=32,
-                             pad_token_id=0, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+                             pad_token_id=0, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     torch.manual_seed(0)
     DebertaV2Model(config).save_pretrained(path)  # no head: every task gets a fresh classifier
     return path

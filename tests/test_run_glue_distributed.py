@@ -1,0 +1,213 @@
+"""run_glue_no_trainer.py under `accelerate launch` with 2 CPU processes (gloo).
+
+* VILoRA + IVON: every process ends with the same posterior (means, momentum, Hessian), the same rank pattern
+  and the same dev metric over exactly the dev set, while drawing its own noise; a run resumed from a
+  2-process checkpoint ends bit-identical to the uninterrupted one.
+* AdaLoRA + AdamW: 2 processes with half the per-device batch give the single-process result (weights to
+  1e-5, same rank pattern, metrics and log), including gradient accumulation and a last batch of one example.
+* A bad flag stops every process with status 2, reported once, before anything is written.
+
+Each process dumps its final state to RUN_GLUE_DEBUG_DUMP_DIR/rank<r>.pt for the comparisons.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from _run_glue_utils import REPO, SCRIPT, have_adapters, make_tiny_model, read_log, read_results, write_tiny_glue
+
+pytestmark = pytest.mark.skipif(not have_adapters(), reason="peft/ivon packages not available yet")
+ACCELERATE = Path(sys.executable).parent / "accelerate"
+N_DEV = 15  # odd: the second process's last eval batch is padded, and the padding must not be scored
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra) -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+                **extra)
+
+
+def _launch(args: list[str], processes: int, dump: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the script in `processes` processes (accelerate launch) or in this interpreter (1)."""
+    if processes == 1:
+        cmd = [sys.executable, str(SCRIPT)]
+    else:
+        cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+               str(SCRIPT)]
+    env = _env(**({"RUN_GLUE_DEBUG_DUMP_DIR": str(dump)} if dump else {}))
+    return subprocess.run(cmd + args, capture_output=True, text=True, timeout=150, cwd=REPO, env=env)
+
+
+def _ok(res: subprocess.CompletedProcess) -> None:
+    assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-3000:]
+
+
+def _dumps(folder: Path, n: int = 2) -> list[dict]:
+    return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(n)]
+
+
+def _without_runtime(results: dict) -> dict:
+    return {k: v for k, v in results.items() if k != "train_runtime_s"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    return {"model": make_tiny_model(root / "model"), "model_nodrop": make_tiny_model(root / "model0", dropout=0.0),
+            "glue": write_tiny_glue(root / "glue", "rte", n_train=48, n_dev=N_DEV),
+            # 41 = 5 x 8 + 1: the last global batch has one example, so one process runs it with weight 0
+            "glue41": write_tiny_glue(root / "glue41", "rte", n_train=41, n_dev=N_DEV)}
+
+
+VILORA = ["--task_name", "rte", "--seed", "5", "--per_device_train_batch_size", "4", "--max_train_steps", "12",
+          "--eval_steps", "4", "--eval_after_epochs", "0", "--checkpointing_steps", "6", "--apply_lora",
+          "--lora_type", "vilora", "--adalora_init_r", "3", "--adalora_target_r", "2", "--adalora_tinit", "2",
+          "--adalora_tfinal", "3", "--adalora_delta_t", "1", "--learning_rate", "0.05", "--ivon_infer_mc_samples",
+          "2", "--lora_dropout", "0.1"]
+
+
+@pytest.fixture(scope="module")
+def vilora_run(data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("vilora")
+    args = ["--model_name_or_path", str(data["model"]), "--glue_dir", str(data["glue"]), *VILORA]
+    _ok(_launch(args + ["--output_dir", str(root / "out")], 2, dump=root / "dump"))
+    return root, args
+
+
+def test_vilora_ivon_processes_hold_one_posterior(vilora_run):
+    root, _ = vilora_run
+    out, (d0, d1) = root / "out", _dumps(root / "dump")
+    assert d0["completed_steps"] == d1["completed_steps"] == 12 and d0["ivon_step"] == d1["ivon_step"] == 12
+    assert d0["params"].keys() == d1["params"].keys()
+    assert all(torch.equal(d0["params"][n], d1["params"][n]) for n in d0["params"])
+    assert all(torch.equal(d0["ivon"][n][k], d1["ivon"][n][k]) for n in d0["ivon"] for k in ("momentum", "hess"))
+    assert d0["rank_pattern"] == d1["rank_pattern"] and not all(all(v) for v in d0["rank_pattern"].values())
+    # each process sampled its own noise (and dropout): their RNG streams differ
+    assert not torch.equal(d0["torch_rng"], d1["torch_rng"])
+    # the Hessian moved, so the synced statistics were used
+    assert any(not torch.equal(s["hess"], torch.ones_like(s["hess"])) for s in d0["ivon"].values())
+
+    # what the main process wrote is that common state
+    assert json.loads((out / "rank_pattern.json").read_text()) == d0["rank_pattern"]
+    saved = torch.load(out / "ivon_state.pt", weights_only=False)["params"]
+    kept = {n for n in saved if ".lora_" not in n}  # heads are not resized: compare them directly
+    assert kept and all(torch.equal(saved[n]["hess"], d0["ivon"][n]["hess"]) for n in kept)
+    adapter = load_file(out / "adapter_model.safetensors")
+    head = [k for k in adapter if "classifier" in k]
+    assert head and all(torch.equal(adapter[k], d0["params"][k.replace(".weight", ".modules_to_save.default.weight")
+                                                          .replace(".bias", ".modules_to_save.default.bias")])
+                        for k in head)
+
+    # one log, written once; every evaluation scored exactly the dev set, on both processes alike
+    log = read_log(out)
+    train_steps = [r["step"] for r in log if "train_loss" in r]
+    assert train_steps == list(range(1, 13))
+    evals = [r for r in log if "eval_accuracy" in r]
+    assert evals and all(r["n_eval"] == N_DEV for r in evals)
+    assert d0["n_eval"] == d1["n_eval"] == N_DEV and d0["last_eval"] == d1["last_eval"]
+    res = read_results(out)
+    assert res["eval_accuracy"] == d0["last_eval"]["eval_accuracy"] and res["train_steps"] == 12
+    cfg = json.loads((out / "run_config.json").read_text())
+    assert cfg["num_processes"] == 2 and cfg["total_train_batch_size"] == 8
+    ckpt = out / "checkpoints" / "step_6"
+    assert (ckpt / "rng.pt").is_file() and (ckpt / "rng_rank1.pt").is_file()
+    assert not list((out / "checkpoints").glob(".tmp_*"))
+
+
+def test_vilora_ivon_resume_from_two_process_checkpoint_is_exact(vilora_run, tmp_path):
+    root, args = vilora_run
+    ref, resumed = root / "out", tmp_path / "out"
+    shutil.copytree(ref, resumed)
+    (resumed / "all_results.json").unlink()
+    shutil.rmtree(resumed / "checkpoints" / "step_12")  # as if killed between step 6 and 12
+    res = _launch(args + ["--output_dir", str(resumed), "--resume_from_checkpoint", "latest"], 2,
+                  dump=tmp_path / "dump")
+    _ok(res)
+    assert "resumed from" in res.stdout + res.stderr
+    assert _without_runtime(read_results(resumed)) == _without_runtime(read_results(ref))
+    assert read_log(resumed) == read_log(ref)
+    a, b = load_file(ref / "adapter_model.safetensors"), load_file(resumed / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    d_ref, d_res = _dumps(root / "dump"), _dumps(tmp_path / "dump")
+    for x, y in zip(d_ref, d_res):  # each process continued its own RNG stream
+        assert torch.equal(x["torch_rng"], y["torch_rng"])
+
+
+def test_adalora_adamw_two_processes_match_one(data, tmp_path):
+    common = ["--model_name_or_path", str(data["model_nodrop"]), "--task_name", "rte", "--glue_dir",
+              str(data["glue41"]), "--seed", "3", "--num_train_epochs", "3", "--gradient_accumulation_steps", "2",
+              "--eval_steps", "3", "--eval_after_epochs", "0", "--apply_lora", "--lora_type", "adalora",
+              "--adalora_init_r", "3", "--adalora_target_r", "2", "--adalora_tinit", "1", "--adalora_tfinal", "2",
+              "--adalora_delta_t", "1", "--learning_rate", "0.01"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _ok(_launch(common + ["--per_device_train_batch_size", "8", "--output_dir", str(one)], 1, dump=tmp_path / "d1"))
+    _ok(_launch(common + ["--per_device_train_batch_size", "4", "--output_dir", str(two)], 2, dump=tmp_path / "d2"))
+    (s,), (r0, r1) = _dumps(tmp_path / "d1", 1), _dumps(tmp_path / "d2")
+    assert all(torch.equal(r0["params"][n], r1["params"][n]) for n in r0["params"])  # DDP: one model
+    assert s["params"].keys() == r0["params"].keys()
+    for n in s["params"]:
+        torch.testing.assert_close(r0["params"][n], s["params"][n], atol=1e-5, rtol=0)
+    assert s["rank_pattern"] == r0["rank_pattern"] == r1["rank_pattern"]
+    assert not all(all(v) for v in s["rank_pattern"].values())
+    assert _without_runtime(read_results(two)) == _without_runtime(read_results(one))
+    log1, log2 = read_log(one), read_log(two)
+    assert len(log1) == len(log2) and log1[-1]["step"] == 9  # 6 batches of 8 (the last of 1) -> 3 updates/epoch
+    for a, b in zip(log1, log2):
+        assert a.keys() == b.keys()
+        for k in a:
+            if "loss" in k:
+                assert b[k] == pytest.approx(a[k], abs=1e-5)
+            else:
+                assert b[k] == a[k], k
+    assert all(r["n_eval"] == N_DEV for r in log2 if "n_eval" in r)
+
+
+def _spawn(args: list[str], processes: int) -> list[subprocess.CompletedProcess]:
+    """Start the processes as torchrun would (env:// rendezvous) but without its agent, which stops the other
+    processes once one exits: here each one's own exit status counts."""
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=REPO, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE,
+                              env=_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE=str(processes),
+                                       RANK=str(r), LOCAL_RANK=str(r), LOCAL_WORLD_SIZE=str(processes)))
+             for r in range(processes)]
+    results = []
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=120)  # a process waiting for a failed one would time out
+            results.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return results
+
+
+def test_bad_input_stops_every_process_with_status_2(data, tmp_path):
+    out = tmp_path / "out"
+    # passes the flag checks, fails once the processes are connected (the step plan needs the data size)
+    args = ["--model_name_or_path", str(data["model"]), "--task_name", "rte", "--glue_dir", str(data["glue"]),
+            "--output_dir", str(out), "--apply_lora", "--lora_type", "adalora", "--max_train_steps", "4",
+            "--adalora_tinit", "3", "--adalora_tfinal", "2"]
+    rank0, rank1 = _spawn(args, 2)
+    assert rank0.returncode == rank1.returncode == 2
+    assert rank0.stderr.strip().splitlines()[-1] == ("run_glue_no_trainer.py: error: AdaLoRA schedule impossible: "
+                                                     "--adalora_tinit 3 must be below total steps 4 - "
+                                                     "--adalora_tfinal 2 = 2; lower tinit/tfinal or train longer")
+    assert "error" not in rank1.stderr and "Traceback" not in rank0.stderr + rank1.stderr  # reported once
+    assert not out.exists()
