@@ -20,7 +20,13 @@
 #   HPARAMS     the hyperparameter table              default: scripts/hparams.tsv (bench/cpu_glue.sh has its own)
 #   LAUNCHER    local | accelerate | sbatch           default: local
 #   NUM_PROCESSES  processes for `accelerate launch`  default: 1 (>1 also makes sbatch jobs use accelerate)
+#               >1 trains data-parallel (`--multi_gpu`: one process per GPU; gloo on a CPU-only machine).
+#               The batch of one update is NUM_PROCESSES x --per_device_train_batch_size: to keep the
+#               paper's 32 on 2 GPUs, pass EXTRA_ARGS="--per_device_train_batch_size 16".
 #   ACCELERATE  the accelerate CLI                    default: the one next to PYTHON, else `accelerate`
+#   ACCELERATE_ARGS  extra `accelerate launch` options (split like a shell line), e.g. for several machines:
+#               "--num_machines 2 --machine_rank 0 --main_process_ip 10.0.0.1 --main_process_port 29500"
+#               (NUM_PROCESSES then counts the processes of all machines)
 #   PARTITION, GPUS (1), TIME_LIMIT (24:00:00), SBATCH_ARGS (raw extra sbatch options): for LAUNCHER=sbatch
 #   DRY_RUN=1   print the commands (stdout, one per line) and run nothing
 #
@@ -77,7 +83,11 @@ if [ "$LAUNCHER" = accelerate ] || [ "$NUM_PROCESSES" -gt 1 ]; then
             ACCELERATE=accelerate
         fi
     fi
-    starter=("$ACCELERATE" launch --num_processes "$NUM_PROCESSES" "$TRAIN_SCRIPT")
+    read -r -a accelerate_extra <<< "${ACCELERATE_ARGS:-}"
+    starter=("$ACCELERATE" launch --num_processes "$NUM_PROCESSES")
+    # Without --multi_gpu (or an `accelerate config` saying so) accelerate starts a single process.
+    if [ "$NUM_PROCESSES" -gt 1 ]; then starter+=(--multi_gpu); fi
+    starter+=(${accelerate_extra[@]+"${accelerate_extra[@]}"} "$TRAIN_SCRIPT")
 else
     starter=("$PYTHON" "$TRAIN_SCRIPT")
 fi

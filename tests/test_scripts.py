@@ -36,8 +36,8 @@ METHOD_SCRIPTS = {
     "vilora_clr_criterion.sh": ["vilora_clr_criterion"],
 }
 KNOBS = ("TASKS", "RANK", "SEEDS", "CRITERIA", "MODEL", "GLUE_DIR", "OUTPUT_ROOT", "EXTRA_ARGS", "PYTHON",
-         "TRAIN_SCRIPT", "LAUNCHER", "NUM_PROCESSES", "ACCELERATE", "PARTITION", "GPUS", "TIME_LIMIT",
-         "SBATCH_ARGS", "DRY_RUN")
+         "TRAIN_SCRIPT", "LAUNCHER", "NUM_PROCESSES", "ACCELERATE", "ACCELERATE_ARGS", "PARTITION", "GPUS",
+         "TIME_LIMIT", "SBATCH_ARGS", "DRY_RUN")
 META = ("rank", "task_name", "script", "model", "seeds", "other")
 SWITCHES = {"use_ivon", "use_custom_lr_schedule", "apply_lora", "gradient_checkpointing"}
 
@@ -306,6 +306,22 @@ def test_accelerate_dry_run(tmp_path):
     assert words[:5] == ["/opt/bin/accelerate", "launch", "--num_processes", "1", str(REPO / "run_glue_no_trainer.py")]
     (words,) = dry_run("adalora.sh", tmp_path, LAUNCHER="accelerate", TASKS="rte", SEEDS="1")
     assert Path(words[0]).name == "accelerate" and words[1] == "launch"
+
+
+def test_accelerate_several_processes_dry_run(tmp_path):
+    """NUM_PROCESSES > 1 asks accelerate for data-parallel processes (--multi_gpu; without it accelerate starts
+    one), ACCELERATE_ARGS go to accelerate (e.g. several machines), and the training flags stay the table's."""
+    (one,) = dry_run("vilora.sh", tmp_path, TASKS="sst2", SEEDS="1")
+    (words,) = dry_run("vilora.sh", tmp_path, LAUNCHER="accelerate", NUM_PROCESSES="4", TASKS="sst2", SEEDS="1",
+                       ACCELERATE="/opt/bin/accelerate",
+                       ACCELERATE_ARGS="--num_machines 2 --machine_rank 1 --main_process_ip 10.0.0.1")
+    script = words.index(str(REPO / "run_glue_no_trainer.py"))
+    assert words[:script] == ["/opt/bin/accelerate", "launch", "--num_processes", "4", "--multi_gpu",
+                              "--num_machines", "2", "--machine_rank", "1", "--main_process_ip", "10.0.0.1"]
+    assert training_words(words) == training_words(one)
+    (words,) = dry_run("vilora.sh", tmp_path, LAUNCHER="sbatch", NUM_PROCESSES="2", TASKS="sst2", SEEDS="1")
+    wrapped = shlex.split(words[words.index("--wrap") + 1])
+    assert wrapped[1].endswith("accelerate") and wrapped[2:6] == ["launch", "--num_processes", "2", "--multi_gpu"]
 
 
 # ------------------------------------------------------------------------------------------ real sweeps
