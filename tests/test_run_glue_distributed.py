@@ -148,6 +148,21 @@ def test_vilora_ivon_resume_from_two_process_checkpoint_is_exact(vilora_run, tmp
         assert torch.equal(x["torch_rng"], y["torch_rng"])
 
 
+def test_adalora_sensitivity_under_ivon_allocates_alike(data, tmp_path):
+    """Under IVON each process's p.grad is its own sample's; the sensitivity score must see their average."""
+    args = ["--model_name_or_path", str(data["model"]), "--task_name", "rte", "--glue_dir", str(data["glue"]),
+            "--seed", "7", "--per_device_train_batch_size", "4", "--max_train_steps", "8", "--apply_lora",
+            "--lora_type", "adalora", "--use_ivon", "--adalora_init_r", "3", "--adalora_target_r", "2",
+            "--adalora_tinit", "1", "--adalora_tfinal", "2", "--adalora_delta_t", "1", "--learning_rate", "0.05",
+            "--output_dir", str(tmp_path / "out")]
+    _ok(_launch(args, 2, dump=tmp_path / "dump"))
+    d0, d1 = _dumps(tmp_path / "dump")
+    assert d0["rank_pattern"] == d1["rank_pattern"] and not all(all(v) for v in d0["rank_pattern"].values())
+    assert all(torch.equal(d0["params"][n], d1["params"][n]) for n in d0["params"])
+    assert all(torch.equal(d0["ivon"][n][k], d1["ivon"][n][k]) for n in d0["ivon"] for k in ("momentum", "hess"))
+    assert json.loads((tmp_path / "out" / "rank_pattern.json").read_text()) == d0["rank_pattern"]
+
+
 def test_adalora_adamw_two_processes_match_one(data, tmp_path):
     common = ["--model_name_or_path", str(data["model_nodrop"]), "--task_name", "rte", "--glue_dir",
               str(data["glue41"]), "--seed", "3", "--num_train_epochs", "3", "--gradient_accumulation_steps", "2",
