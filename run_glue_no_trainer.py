@@ -844,7 +844,8 @@ def _train_epochs(run: Run, state: TrainState, log: JsonlLog, bar: tqdm) -> None
                 continue
             lr = optimizer_update(run, state)
             record = {"step": state.completed_steps, "epoch": epoch + state.batches_done / n_batches,
-                      "train_loss": sum(group_losses) / len(group_losses), "lr": lr} | _model_stats(run)
+                      "train_loss": sum(group_losses) / len(group_losses), "lr": lr} | \
+                _model_stats(run, hessian=state.completed_steps % HESS_LOG_EVERY == 0)
             group_losses = []
             log.write(record)
             bar.update(1)
@@ -874,14 +875,17 @@ def _train_epochs(run: Run, state: TrainState, log: JsonlLog, bar: tqdm) -> None
             break
 
 
-def _model_stats(run: Run) -> dict:
-    """Rank budget and kept ranks (AdaLoRA/VILoRA) and IVON Hessian statistics for the log line."""
+HESS_LOG_EVERY = 100  # IVON Hessian statistics sort the whole Hessian: cheap for adapters, not for a full model
+
+
+def _model_stats(run: Run, hessian: bool = True) -> dict:
+    """Rank budget and kept ranks (AdaLoRA/VILoRA) and, if `hessian`, IVON Hessian statistics for the log line."""
     stats = {}
     if run.adaptive:
         base = run.peft_model.base_model
         stats["budget"] = base.current_budget
         stats["kept_ranks"] = int(sum(base.kept_ranks().values()))
-    if run.ivon is not None and hasattr(run.ivon, "hess_stats"):
+    if hessian and run.ivon is not None and hasattr(run.ivon, "hess_stats"):
         stats |= {f"hess_{k}": float(v) for k, v in run.ivon.hess_stats()[0].items()}
     return stats
 
