@@ -53,16 +53,11 @@ import evaluate as hf_evaluate
 import numpy as np
 import peft
 import torch
+import transformers
+from accelerate import Accelerator
 from torch.utils.data import DataLoader
-
-# transformers' trainer utilities (which hold get_scheduler) import `PeftMixedModel` whenever a package named
-# peft is installed; ours has no mixed-adapter model, so alias the name until it does.
-if not hasattr(peft, "PeftMixedModel"):
-    peft.PeftMixedModel = getattr(peft, "PeftModel", type("PeftMixedModel", (), {}))
-import transformers  # noqa: E402
-from accelerate import Accelerator  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-from transformers import (  # noqa: E402
+from tqdm.auto import tqdm
+from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
