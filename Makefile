@@ -26,8 +26,15 @@ demo: install
 	GLUE_DIR="$(GLUE_DIR)" DEMO_TASK="$(DEMO_TASK)" DEMO_OUT="$(DEMO_OUT)" $(PY) scripts/demo.py
 
 # Opt-in: our adapters <-> Hugging Face PEFT 0.21.2, in a separate venv (.venv-hfpeft) since both are `peft`.
-interop: install
-	PEFT_INTEROP=1 $(PY) -m pytest -q tests/test_peft_interop.py
+HF_VENV := .venv-hfpeft
+
+$(HF_VENV)/.installed:
+	test -x $(HF_VENV)/bin/python || $(PYTHON) -m venv $(HF_VENV)
+	$(HF_VENV)/bin/python -m pip install -q torch==2.13.0 transformers==5.24.0 safetensors peft==0.21.2
+	touch $@
+
+interop: install $(HF_VENV)/.installed
+	PEFT_INTEROP=1 HF_PEFT_PYTHON=$(HF_VENV)/bin/python $(PY) -m pytest -q tests/test_peft_interop.py
 
 # Speed: the IVON optimizer vs AdamW, and a training step of every method on MiniLM (needs GLUE_DIR).
 bench: install
