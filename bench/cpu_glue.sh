@@ -42,5 +42,7 @@ for seed in $SEEDS; do
     SEEDS="$seed" TASKS="${CRITERION_TASK:-rte}" CRITERIA="${CRITERIA:-SNR mean sigma}" "$repo/scripts/launch.sh" \
         vilora_clr_criterion || status=$?
 done
-"$PYTHON" "$repo/scripts/summarize.py" "$OUTPUT_ROOT"
+if [ "${DRY_RUN:-0}" != "1" ]; then
+    "$PYTHON" "$repo/scripts/summarize.py" "$OUTPUT_ROOT"
+fi
 exit "$status"
