@@ -1,8 +1,11 @@
 """Cost of one IVON training cycle relative to one AdamW step, at 1e5, 1e6 and 1e7 parameters.
 
 IVON cycle = ``sampled_params(train=True)`` (draw + restore, gradients assigned instead of a backward)
-+ ``step()``; AdamW = ``torch.optim.AdamW(foreach=True).step()`` on the same shapes. The two are timed
-alternately in one run and the median of ``--repeats`` is reported, so machine noise hits both alike.
++ ``step()``; AdamW = ``torch.optim.AdamW(foreach=True).step()`` on the same shapes. Also timed: the
+Gaussian draw alone (``normal_`` of as many elements from the global generator), which IVON must make
+exactly as ivon-opt does to stay bit-identical, so ``randn / AdamW`` is a floor under ``IVON / AdamW``.
+The three are timed alternately in one run and the median of ``--repeats`` is reported, so machine noise
+hits them alike.
 
     .venv/bin/python bench/ivon_step.py [--threads 1] [--repeats 9] [--sizes 1e5 1e6 1e7] [--clock cpu|wall]
 """
@@ -36,7 +39,7 @@ def time_once(fn, clock) -> float:
     return clock() - start
 
 
-def bench(n: int, repeats: int, clock=time.process_time) -> tuple[int, float, float]:
+def bench(n: int, repeats: int, clock=time.process_time) -> tuple[int, float, float, float]:
     shapes = shapes_for(n)
     ivon_params, grads = make(shapes, 0)
     adam_params, adam_grads = make(shapes, 0)
@@ -51,13 +54,18 @@ def bench(n: int, repeats: int, clock=time.process_time) -> tuple[int, float, fl
                 p.grad = g  # stands in for backward()
         opt.step()
 
-    ivon_times, adam_times = [], []
+    numel = sum(p.numel() for p in ivon_params)
+    noise = torch.empty(numel)
+    times: dict[str, list[float]] = {"ivon": [], "adam": [], "randn": []}
     for i in range(repeats + 1):  # the first round warms up (allocations, lazy state)
         t_ivon, t_adam = time_once(ivon_cycle, clock), time_once(adamw.step, clock)
+        t_randn = time_once(noise.normal_, clock)
         if i:
-            ivon_times.append(t_ivon)
-            adam_times.append(t_adam)
-    return sum(p.numel() for p in ivon_params), statistics.median(ivon_times), statistics.median(adam_times)
+            times["ivon"].append(t_ivon)
+            times["adam"].append(t_adam)
+            times["randn"].append(t_randn)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return numel, med["ivon"], med["adam"], med["randn"]
 
 
 def main() -> None:
@@ -73,11 +81,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.clock} time, median of {args.repeats}")
-    print(f"{'params':>10} {'IVON ms':>9} {'AdamW ms':>9} {'ratio':>6}")
+    print(f"{'params':>10} {'IVON ms':>9} {'AdamW ms':>9} {'randn ms':>9} {'IVON/AdamW':>11} {'randn/AdamW':>12}")
     for n in args.sizes:
         repeats = args.repeats if n < 5e6 else max(3, args.repeats // 2)
-        numel, t_ivon, t_adam = bench(int(n), repeats, clock)
-        print(f"{numel:>10} {t_ivon * 1e3:>9.2f} {t_adam * 1e3:>9.2f} {t_ivon / t_adam:>6.2f}")
+        numel, t_ivon, t_adam, t_randn = bench(int(n), repeats, clock)
+        print(
+            f"{numel:>10} {t_ivon * 1e3:>9.2f} {t_adam * 1e3:>9.2f} {t_randn * 1e3:>9.2f} "
+            f"{t_ivon / t_adam:>11.2f} {t_randn / t_adam:>12.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@ in the budgeting phase with ``deltaT = 1`` (a score update and a masking at ever
 
 Methods are run in alternation (round-robin, ``--rounds`` times ``--steps`` steps each, after one warm-up
 round) so that drift in machine speed hits all of them alike; ratios are to LoRA + AdamW. Peak memory is
-measured in a fresh subprocess per method over three steps (peak resident memory on CPU, sampled every
-millisecond; peak allocated on CUDA), relative to the process after building the model. A second table times one importance-score update alone
-(sensitivity EMA vs each posterior score) on the same adapted model.
+measured in a fresh subprocess per method over three steps, relative to the memory after building the
+model: the peak of live tensor memory (on CUDA ``max_memory_allocated``; on CPU, which has no such
+counter, replayed from the allocation events of ``torch.profiler``), and on CPU also the peak resident set
+size sampled every millisecond, which includes what the C allocator keeps cached. A second table times
+one importance-score update alone (sensitivity EMA vs each posterior score) on the same adapted model.
 
 Adapters go on every attention and feed-forward matrix and the pooler (query, key, value, dense: 37 matrices),
 LoRA r = 2, AdaLoRA/VILoRA init_r = 3 -> target_r = 2, as the paper's rank-2 rows.
@@ -142,11 +144,13 @@ def score_times(model_path, batch, n_train, repeats: int = 20) -> dict[str, floa
     return out
 
 
-def peak_memory(method, model_path, glue_dir, args) -> float:
-    """Peak memory (MiB) added by a few training steps of ``method``, in a fresh process."""
+def peak_memory(method, model_path, glue_dir, args) -> tuple[float, float]:
+    """(peak tensor memory, peak RSS) in MiB added by a few training steps of ``method``, in a fresh
+    process; the RSS is NaN on CUDA."""
     cmd = [sys.executable, __file__, "--glue_dir", str(glue_dir), "--max_length", str(args.max_length),
            "--batch_size", str(args.batch_size), "--threads", str(args.threads), "--_memory_of", method]
-    return float(subprocess.check_output(cmd, text=True).strip().splitlines()[-1])
+    tensors, rss = subprocess.check_output(cmd, text=True).strip().splitlines()[-1].split()
+    return float(tensors), float(rss)
 
 
 class _RssPeak:
@@ -176,21 +180,45 @@ class _RssPeak:
             self.peak = max(self.peak, self._rss())
 
 
+def _tensor_peak(timeline) -> int:
+    """Peak of live tensor bytes in a ``torch.profiler`` memory timeline, counted from its start."""
+    from torch.profiler._memory_profiler import Action
+
+    live = peak = 0
+    for _, action, _, size in timeline:
+        if action == Action.CREATE:
+            live += size
+        elif action == Action.DESTROY:
+            live -= size
+        peak = max(peak, live)
+    return peak
+
+
 def _memory_child(method, model_path, batch, n_train) -> None:
+    """Print the peak tensor memory and the peak RSS (MiB) that three steps add, on one line."""
     s = Stepper(method, model_path, batch, n_train)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         for _ in range(3):
             s.step()
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        base = _RssPeak._rss()
-        with _RssPeak() as rss:
-            for _ in range(3):
-                s.step()
-        peak = rss.peak
-    print((peak - base) / 2**20)
+        print((torch.cuda.max_memory_allocated() - base) / 2**20, "nan")
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    # The profiler's own bookkeeping inflates the RSS, so the RSS is measured in a first pass and the
+    # tensors in a second one, on a fresh model, so that lazily created optimizer state counts in both.
+    base = _RssPeak._rss()
+    with _RssPeak() as rss:
+        for _ in range(3):
+            s.step()
+    rss_peak = rss.peak - base
+    del s
+    s = Stepper(method, model_path, batch, n_train)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        for _ in range(3):
+            s.step()
+    print(_tensor_peak(prof._memory_profile().timeline) / 2**20, rss_peak / 2**20)
 
 
 def main() -> int:
@@ -224,17 +252,19 @@ def main() -> int:
     scores = score_times(model_path, batch, n_train)
 
     ref = times["LoRA+AdamW"]
-    print("\n| method | s / step | ratio to LoRA+AdamW | peak memory added (MiB) |")
-    print("|---|---|---|---|")
+    print("\n| method | s / step | ratio to LoRA+AdamW | peak tensor memory added (MiB) | peak RSS added (MiB) |")
+    print("|---|---|---|---|---|")
     for m in METHODS:
-        print(f"| {m} | {times[m]:.3f} | {times[m] / ref:.3f} | {memory[m]:.0f} |")
+        print(f"| {m} | {times[m]:.3f} | {times[m] / ref:.3f} | {memory[m][0]:.0f} | {memory[m][1]:.0f} |")
     print(f"\nVILoRA / AdaLoRA+AdamW = {times['VILoRA'] / times['AdaLoRA+AdamW']:.3f}")
     print("\n| importance score | ms per update | ratio to sensitivity |")
     print("|---|---|---|")
     for c, t in scores.items():
         print(f"| {c} | {t * 1e3:.2f} | {t / scores['sensitivity']:.2f} |")
     if args.json:
-        args.json.write_text(json.dumps({"step_s": times, "peak_mib": memory, "score_s": scores}, indent=2))
+        args.json.write_text(json.dumps({
+            "step_s": times, "peak_tensor_mib": {m: v[0] for m, v in memory.items()},
+            "peak_rss_mib": {m: v[1] for m, v in memory.items()}, "score_s": scores}, indent=2))
     return 0
 
 
