@@ -180,6 +180,41 @@ def test_svd_forward_formula_and_scaling():
     assert layer.scaling["default"] == 32
     delta = layer.get_delta_weight("default")
     assert torch.allclose(delta, B @ (A * E) * (32 / (3 + 1e-5)), atol=1e-7)
+
+
+def _grads_of(layer, x, params):
+    for p in params:
+        p.grad = None
+    (layer(x) ** 2).sum().backward()
+    return [p.grad.clone() for p in params]
+
+
+def test_adapter_branches_scale_in_place_with_the_out_of_place_bits():
+    """Forward and gradients of both layers equal the plain formulas bit for bit (the layers scale the
+    branch's matmul output in place to save activation-sized temporaries)."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 5, requires_grad=True)
+    svd = _svd_layer(3, alpha=32)
+    with torch.no_grad():
+        svd.lora_E["default"].normal_()  # non-zero, so every gradient is exercised
+    A, B, E = (svd.lora_A["default"], svd.lora_B["default"], svd.lora_E["default"])
+
+    def svd_reference(x):
+        return svd.base_layer(x) + (x @ (A * E).T @ B.T) * 32 / (torch.tensor([3.0]) + 1e-5)
+
+    lora = LoraLinear(nn.Linear(5, 4), "default", r=2, lora_alpha=16)
+    with torch.no_grad():
+        lora.lora_B["default"].weight.normal_()
+    lA, lB = lora.lora_A["default"], lora.lora_B["default"]
+
+    def lora_reference(x):
+        return lora.base_layer(x) + lB(lA(x)) * lora.scaling["default"]
+
+    for layer, reference, params in ((svd, svd_reference, [A, B, E]), (lora, lora_reference, [lA.weight, lB.weight])):
+        assert torch.equal(layer(x), reference(x))
+        got = _grads_of(layer, x, [*params, x])
+        want = _grads_of(reference, x, [*params, x])
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
     empty = _svd_layer(0)
     assert empty.lora_A["default"].shape == (0, 5) and torch.equal(empty(x), empty.base_layer(x))
 

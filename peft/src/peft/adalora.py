@@ -76,10 +76,11 @@ class SVDLinear(AdapterLayer):
         name = self.adapter_name
         lora_A, lora_B, lora_E = self.lora_A[name], self.lora_B[name], self.lora_E[name]
         x = x.to(lora_A.dtype)
-        # Op order matters for bit-exact logits: matmul, matmul, * scaling, / (ranknum + 1e-5); in place.
-        result += (self.lora_dropout[name](x) @ (lora_A * lora_E).T @ lora_B.T) * self.scaling[name] / (
-            self.ranknum[name] + 1e-5
-        )
+        # Op order matters for bit-exact logits: matmul, matmul, * scaling, / (ranknum + 1e-5), += result.
+        # The scalings run in place on the matmul's output (its backward needs only the inputs), which
+        # saves two activation-sized temporaries per layer and gives the same bits.
+        delta = self.lora_dropout[name](x) @ (lora_A * lora_E).T @ lora_B.T
+        result += delta.mul_(self.scaling[name]).div_(self.ranknum[name] + 1e-5)
         return result
 
     def get_delta_weight(self, adapter_name: str) -> Tensor:

@@ -179,7 +179,10 @@ class LoraLinear(AdapterLayer):
         lora_A, lora_B = self.lora_A[name], self.lora_B[name]
         out_dtype = result.dtype
         x = x.to(lora_A.weight.dtype)
-        result = result + lora_B(lora_A(self.lora_dropout[name](x))) * self.scaling[name]
+        # in place on lora_B's output (a bias-free linear: its backward needs only the inputs); same bits
+        # as ``result + lora_B(...) * scaling`` without the two activation-sized temporaries
+        delta = lora_B(lora_A(self.lora_dropout[name](x)))
+        result = result + delta.mul_(self.scaling[name])
         return result.to(out_dtype)
 
     def get_delta_weight(self, adapter_name: str) -> Tensor:
