@@ -5,10 +5,13 @@ of real GLUE sentence pairs (MRPC train, padded to ``--max_length``), and for ea
 of a full training step: forward, backward, optimizer step and, for AdaLoRA/VILoRA, ``update_and_allocate``
 in the budgeting phase with ``deltaT = 1`` (a score update and a masking at every step, the dearest case).
 
-    python bench/step_time.py --glue_dir ../shared/glue [--rounds 5] [--steps 2] [--threads 2]
+    python bench/step_time.py --glue_dir ../shared/glue [--rounds 5] [--steps 2] [--threads 2] [--clock wall|cpu]
 
 Methods are run in alternation (round-robin, ``--rounds`` times ``--steps`` steps each, after one warm-up
-round) so that drift in machine speed hits all of them alike; ratios are to LoRA + AdamW. Peak memory is
+round, the order reversed every other round) so that drift in machine speed hits all of them alike;
+ratios are to LoRA + AdamW. ``--clock wall`` (default) times elapsed seconds; ``--clock cpu`` times the
+process's CPU seconds, which on a shared or virtualised machine is steadier (time the CPU is taken away
+does not count) and, with ``--threads 1``, equals the elapsed time of an idle machine. Peak memory is
 measured in a fresh subprocess per method over three steps, relative to the memory after building the
 model: the peak of live tensor memory (on CUDA ``max_memory_allocated``; on CPU, which has no such
 counter, replayed from the allocation events of ``torch.profiler``), and on CPU also the peak resident set
@@ -104,18 +107,18 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def step_times(model_path, batch, n_train, rounds: int, steps: int) -> dict[str, float]:
-    """Median seconds per step for every method, timed round-robin."""
+def step_times(model_path, batch, n_train, rounds: int, steps: int, clock=time.perf_counter) -> dict[str, float]:
+    """Median seconds per step for every method, timed round-robin (order reversed every other round)."""
     steppers = {m: Stepper(m, model_path, batch, n_train) for m in METHODS}
     times = {m: [] for m in METHODS}
     for r in range(rounds + 1):  # round 0 warms up (allocator state, lazy buffers)
-        for m, s in steppers.items():
+        for m in METHODS if r % 2 == 0 else METHODS[::-1]:
             for _ in range(steps):
-                start = time.perf_counter()
-                s.step()
+                start = clock()
+                steppers[m].step()
                 _sync()
                 if r:
-                    times[m].append(time.perf_counter() - start)
+                    times[m].append(clock() - start)
         print(f"round {r}/{rounds} done", file=sys.stderr, flush=True)
     return {m: statistics.median(t) for m, t in times.items()}
 
@@ -229,6 +232,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=2, help="steps per method per round")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall: elapsed time (default); cpu: process CPU time, steadier on shared machines")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     ap.add_argument("--_memory_of", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -245,9 +250,10 @@ def main() -> int:
         _memory_child(args._memory_of, model_path, batch, n_train)
         return 0
 
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch_size} x {args.max_length} tokens, "
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.clock} clock, batch {args.batch_size} x {args.max_length} tokens, "
           f"{args.rounds} rounds x {args.steps} steps", flush=True)
-    times = step_times(model_path, batch, n_train, args.rounds, args.steps)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    times = step_times(model_path, batch, n_train, args.rounds, args.steps, clock)
     memory = {m: peak_memory(m, model_path, args.glue_dir, args) for m in METHODS}
     scores = score_times(model_path, batch, n_train)
 
