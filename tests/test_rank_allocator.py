@@ -339,6 +339,22 @@ def test_posterior_scores_are_matched_by_parameter_identity(criterion):
         (".lora_A.default", ".lora_B.default", ".lora_E.default"))}
 
 
+def test_a_user_score_that_looks_at_whole_tensors_is_called_per_tensor(monkeypatch):
+    """Built-in scores are evaluated once over all tensors concatenated; an added score is not."""
+    def share_of_tensor(mu, sigma):  # not element-wise: normalised over the tensor it is given
+        return mu.abs() / mu.abs().sum()
+
+    monkeypatch.setitem(POSTERIOR_SCORES, "share", share_of_tensor)
+    model = FakeModel()
+    opt = FakeIVON([{"params": lora_params(model)}, {"params": list(model.classifier.parameters())}])
+    alloc = RankAllocator(model, FakeConfig(criterion="share"), AD)
+    alloc.set_optimizer(opt)
+    alloc._update_posterior(model)
+    for name, p in model.named_parameters():
+        if name in alloc.posterior_scores:
+            torch.testing.assert_close(alloc.posterior_scores[name].sum(), torch.tensor(1.0))
+
+
 def test_posterior_scores_recompute_only_on_deltaT_steps_inside_the_budgeting_window():
     model, cfg = FakeModel(), FakeConfig(criterion="SNR_mean_abs", total_step=30, tinit=4, tfinal=6, deltaT=4)
     alloc = RankAllocator(model, cfg, AD)

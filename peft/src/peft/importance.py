@@ -148,6 +148,13 @@ POSTERIOR_SCORES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "E_mean_abs": expected_abs,
 }
 
+# Scores whose value for an element depends on that element's (μ, σ) only. The rank allocator evaluates
+# these once over all adapter tensors concatenated (far fewer kernel launches); any other score, e.g. one
+# a user adds that normalises per tensor, is called tensor by tensor.
+ELEMENTWISE_SCORES: frozenset[Callable[[Tensor, Tensor], Tensor]] = frozenset(
+    {snr_mean_abs, snr, magnitude, precision, expected_abs}
+)
+
 SENSITIVITY = "sensitivity"
 CRITERIA: tuple[str, ...] = (SENSITIVITY, *POSTERIOR_SCORES)
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .importance import POSTERIOR_SCORES, SENSITIVITY, SensitivityScore, get_criterion
+from .importance import ELEMENTWISE_SCORES, POSTERIOR_SCORES, SENSITIVITY, SensitivityScore, get_criterion
 
 __all__ = ["RankAllocator", "budget_at_step", "mask_using_rank_pattern", "validate_schedule"]
 
@@ -201,14 +201,22 @@ class RankAllocator:
         if optimizer is None:
             raise ValueError(self._needs_ivon_message(self.optimizer))
         score_fn = POSTERIOR_SCORES[self.criterion]
-        scores = {}
+        means, sigmas = {}, {}
         for name, param in self._lora_params(model).items():
             try:
-                sigma = optimizer.posterior_sigma(param)
+                sigmas[name] = optimizer.posterior_sigma(param).detach()
             except (KeyError, ValueError) as err:
                 raise ValueError(f"the optimizer has no posterior for {name} (is it optimised by IVON?): {err}") from err
-            scores[name] = score_fn(param.detach(), sigma.detach())
-        self.posterior_scores = scores
+            means[name] = param.detach()
+        if score_fn in ELEMENTWISE_SCORES and len(means) > 1:
+            # one evaluation over all tensors instead of ~20 small float64 kernels per tensor: the score of an
+            # element depends on that element only, so concatenating changes nothing but the dispatch count
+            flat = score_fn(torch.cat([m.reshape(-1) for m in means.values()]),
+                            torch.cat([s.reshape(-1) for s in sigmas.values()]))
+            pieces = flat.split([m.numel() for m in means.values()])
+            self.posterior_scores = {n: piece.view_as(m) for (n, m), piece in zip(means.items(), pieces)}
+        else:  # a user-added score may look at whole tensors
+            self.posterior_scores = {n: score_fn(means[n], sigmas[n]) for n in means}
 
     def _element_score(self, name: str) -> Tensor:
         if self.sensitivity is not None:
