@@ -377,7 +377,10 @@ def test_interrupt_stops_the_sweep_and_the_run(tmp_path):
                     "time.sleep(60)\n")
     env = {k: v for k, v in os.environ.items() if k not in KNOBS}
     env.update(OUTPUT_ROOT=str(tmp_path / "out"), PYTHON=PYTHON, TRAIN_SCRIPT=str(stub), TASKS="rte", SEEDS="1 2")
-    proc = subprocess.Popen(["bash", str(SCRIPTS / "vilora_clr.sh")], env=env, stderr=subprocess.PIPE, text=True)
+    # A shell that starts with SIGINT ignored (e.g. pytest run in the background by a non-interactive shell)
+    # cannot trap it, so give the sweep the default disposition, as a terminal's Ctrl-C would find it.
+    proc = subprocess.Popen(["bash", str(SCRIPTS / "vilora_clr.sh")], env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     pids = tmp_path / "pids"
     for _ in range(200):
         if pids.exists() and pids.read_text().endswith("\n"):
