@@ -39,7 +39,7 @@ interop: install $(HF_VENV)/.installed
 # Speed: the IVON optimizer vs AdamW, and a training step of every method on MiniLM (needs GLUE_DIR).
 bench: install
 	$(PY) bench/ivon_step.py
-	$(PY) bench/step_time.py --glue_dir "$(GLUE_DIR)"
+	$(PY) bench/step_time.py --glue_dir "$(GLUE_DIR)" --threads 1 --clock cpu --rounds 24 --steps 1
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
