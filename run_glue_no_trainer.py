@@ -1030,10 +1030,10 @@ def restore_rng(run: Run, path: Path) -> None:
     if f.is_file():
         _set_rng_states(torch.load(f, weights_only=False))
         return
-    seed = json.loads((path / "state.json").read_text())
+    saved = json.loads((path / "state.json").read_text())
     print(f"note: {path} has no {f.name} (written by fewer processes); process {run.accelerator.process_index} "
           "continues with a fresh RNG stream", file=sys.stderr)
-    seed_process(seed["seed"] + seed["completed_steps"], run.accelerator.process_index)
+    seed_process(saved["seed"] + saved["completed_steps"], run.accelerator.process_index)
 
 
 def load_checkpoint(run: Run, path: Path) -> TrainState:
