@@ -225,7 +225,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("custom LR schedule (values are absolute learning rates)")
     g.add_argument("--use_custom_lr_schedule", action="store_true")
     g.add_argument("--lr_schedule_first_lr", type=float, default=2.0)
-    g.add_argument("--lr_schedule_const_epochs", type=float, default=1.0, help="> 100 means steps")
+    g.add_argument("--lr_schedule_const_epochs", type=float, default=None,
+                   help="epochs of the constant first-lr phase (default 1); a value above 100 is a step count, "
+                        "as in the paper's scripts")
+    g.add_argument("--lr_schedule_const_steps", type=int, default=None,
+                   help="the constant phase ends at this update (instead of --lr_schedule_const_epochs)")
     g.add_argument("--lr_schedule_second_lr", type=float, default=0.2)
     g.add_argument("--lr_schedule_end_lr", type=float, default=0.0)
     return p.parse_args(argv)
@@ -265,6 +269,12 @@ def validate_args(args: argparse.Namespace) -> None:
     for name in ["eval_steps", "num_warmup_steps", "ivon_infer_mc_samples", "ivon_ess", "eval_after_epochs"]:
         if getattr(args, name) < 0:
             raise UsageError(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise UsageError(f"--seed must be an integer from 0 to 2**32 - 1, got {args.seed}")
+    if args.lr_schedule_const_steps is not None and args.lr_schedule_const_epochs is not None:
+        raise UsageError("give --lr_schedule_const_steps or --lr_schedule_const_epochs, not both")
+    if args.lr_schedule_const_steps is not None and args.lr_schedule_const_steps < 0:
+        raise UsageError(f"--lr_schedule_const_steps must be >= 0, got {args.lr_schedule_const_steps}")
     if args.max_train_steps is not None and args.max_train_steps < 1:
         raise UsageError(f"--max_train_steps must be >= 1, got {args.max_train_steps}")
     if args.fp16:
@@ -438,12 +448,15 @@ def tokenize_splits(args, raw, tokenizer, label_to_id) -> dict[str, datasets.Dat
 
 
 def epoch_batches(n_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Shuffled batches of example indices for one epoch, from a generator seeded with seed + epoch.
+    """Shuffled batches of example indices for one epoch.
 
-    The order does not depend on the global RNG, so a resumed run sees the same batches and can skip the
-    ones it already consumed.
+    The order comes from a private generator whose seed mixes (seed, epoch) through numpy's SeedSequence, so
+    every (seed, epoch) pair has its own order: seed 2021's epoch 1 is not seed 2022's epoch 0, as it was
+    with `seed + epoch`. It does not depend on the global RNG, so a resumed run sees the same batches and can
+    skip the ones it already consumed.
     """
-    order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    mixed = int(np.random.SeedSequence([seed, epoch]).generate_state(2, dtype=np.uint32).view(np.uint64)[0])
+    order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(mixed)).tolist()
     return [order[i:i + batch_size] for i in range(0, n_examples, batch_size)]
 
 
@@ -487,9 +500,14 @@ def custom_lr_lambda(step: int, *, warmup_steps: int, const_end: float, total_st
     return max(second_lr - (second_lr - end_lr) / (total_steps - const_end) * (step - const_end), end_lr)
 
 
-def custom_schedule_const_end(const_epochs: float, steps_per_epoch: int) -> float:
-    """End C of the constant phase: `const_epochs` > 100 is already a step count, else epochs x steps/epoch."""
-    return const_epochs if const_epochs > 100 else const_epochs * steps_per_epoch
+def custom_schedule_const_end(args: argparse.Namespace, steps_per_epoch: int) -> float:
+    """End C of the constant phase, an absolute update: --lr_schedule_const_steps, else
+    --lr_schedule_const_epochs (default 1) x updates per epoch, where a value above 100 is already a step count
+    (the paper's scripts give e.g. 400)."""
+    if args.lr_schedule_const_steps is not None:
+        return args.lr_schedule_const_steps
+    epochs = 1.0 if args.lr_schedule_const_epochs is None else args.lr_schedule_const_epochs
+    return epochs if epochs > 100 else epochs * steps_per_epoch
 
 
 @dataclasses.dataclass
@@ -516,18 +534,19 @@ def plan_steps(args: argparse.Namespace, n_train: int, num_processes: int = 1) -
                              f"steps {total} - --adalora_tfinal {args.adalora_tfinal} = {total - args.adalora_tfinal}; "
                              "lower tinit/tfinal or train longer")
     if args.use_custom_lr_schedule:
-        const_end = custom_schedule_const_end(args.lr_schedule_const_epochs, per_epoch)
+        const_end = custom_schedule_const_end(args, per_epoch)
         if const_end >= total:
-            raise UsageError(f"custom LR schedule: the constant phase ends at step {const_end:g} "
-                             f"(--lr_schedule_const_epochs {args.lr_schedule_const_epochs:g}), not before the last "
-                             f"step {total}; lower it or train longer")
+            flag = "--lr_schedule_const_steps" if args.lr_schedule_const_steps is not None else \
+                "--lr_schedule_const_epochs"
+            raise UsageError(f"custom LR schedule: the constant phase ends at step {const_end:g} ({flag}), not "
+                             f"before the last step {total}; lower it or train longer")
     return plan
 
 
 def build_scheduler(args, optimizer, plan: StepPlan):
     """A transformers schedule by name, or the custom `_clr` LambdaLR (base lr already 1.0)."""
     if args.use_custom_lr_schedule:
-        const_end = custom_schedule_const_end(args.lr_schedule_const_epochs, plan.updates_per_epoch)
+        const_end = custom_schedule_const_end(args, plan.updates_per_epoch)
         lam = functools.partial(custom_lr_lambda, warmup_steps=args.num_warmup_steps, const_end=const_end,
                                 total_steps=plan.max_train_steps, first_lr=args.lr_schedule_first_lr,
                                 second_lr=args.lr_schedule_second_lr, end_lr=args.lr_schedule_end_lr)
@@ -673,6 +692,7 @@ class Run:
     is_regression: bool
     out: Path
     n_eval: int = 0                 # dev examples the last evaluation scored (gathered over processes)
+    start_means: torch.Tensor | None = None  # IVON: the means this run started from (posterior_stats)
 
     @property
     def peft_model(self):
@@ -874,7 +894,8 @@ HESS_LOG_EVERY = 100  # IVON Hessian statistics sort the whole Hessian: cheap fo
 
 
 def _model_stats(run: Run, hessian: bool = True) -> dict:
-    """Rank budget and kept ranks (AdaLoRA/VILoRA) and, if `hessian`, IVON Hessian statistics for the log line."""
+    """Rank budget and kept ranks (AdaLoRA/VILoRA) and, if `hessian`, IVON's Hessian and posterior statistics
+    for the log line."""
     stats = {}
     if run.adaptive:
         base = run.peft_model.base_model
@@ -882,7 +903,47 @@ def _model_stats(run: Run, hessian: bool = True) -> dict:
         stats["kept_ranks"] = int(sum(base.kept_ranks().values()))
     if hessian and run.ivon is not None and hasattr(run.ivon, "hess_stats"):
         stats |= {f"hess_{k}": float(v) for k, v in run.ivon.hess_stats()[0].items()}
+        stats |= posterior_stats(run)
     return stats
+
+
+@torch.no_grad()
+def posterior_stats(run: Run) -> dict[str, float]:
+    """How IVON's posterior and steps compare with the weights, over all trainable elements:
+
+    * ``post_sigma_median``, ``post_absmu_median``, ``post_snr_median``: medians of σ, |μ| and |μ|/σ;
+    * ``clip_fraction``: share of elements whose last step was cut by the clip radius, i.e.
+      |(m/d + δμ)/(h + δ)| >= clip_radius, recomputed from the state after the step;
+    * ``mean_shift_rms``: the root mean square distance of the means from where this run started (its first
+      update's starting point, kept in checkpoints), and ``mean_shift_rel``, that distance over the RMS of
+      the starting means.
+    These are the quantities that say whether a schedule is long enough for IVON (see bench/RESULTS.md).
+    """
+    opt = run.ivon
+    mus, sigmas, directions = [], [], []
+    for group in opt.param_groups:
+        wd, debias = group["weight_decay"], (1.0 - group["beta1"] ** opt.current_step) if opt.current_step else 1.0
+        mu = torch.cat([p.detach().reshape(-1) for p in group["params"]]).float()
+        h = group["hess"].float()
+        mus.append(mu)
+        sigmas.append(1.0 / torch.sqrt(group["ess"] * (h + wd)))
+        direction = (group["momentum"].float() / debias + wd * mu) / (h + wd)
+        directions.append(direction.abs() >= group["clip_radius"])
+    mu, sigma, clipped = torch.cat(mus), torch.cat(sigmas), torch.cat(directions)
+    if mu.numel() == 0:
+        return {}
+    stats = {"post_sigma_median": sigma.median().item(), "post_absmu_median": mu.abs().median().item(),
+             "post_snr_median": (mu.abs() / sigma).median().item(), "clip_fraction": clipped.float().mean().item()}
+    if run.start_means is not None:
+        start = run.start_means.to(mu.device)
+        stats["mean_shift_rms"] = (mu - start).square().mean().sqrt().item()
+        stats["mean_shift_rel"] = stats["mean_shift_rms"] / max(start.square().mean().sqrt().item(), 1e-30)
+    return stats
+
+
+def trainable_flat(run: Run) -> torch.Tensor:
+    """The trainable parameters as one float32 vector on the CPU, in IVON's order (the start of the means)."""
+    return torch.cat([p.detach().reshape(-1).float().cpu() for g in run.ivon.param_groups for p in g["params"]])
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
@@ -1007,6 +1068,8 @@ def save_checkpoint(run: Run, state: TrainState) -> Path:
         torch.save(run.scheduler.state_dict(), tmp / "scheduler.pt")
         if run.adaptive:
             torch.save(model.base_model.allocator_state_dict(), tmp / "allocator.pt")
+        if run.start_means is not None:
+            torch.save(run.start_means, tmp / "start_means.pt")
         if acc.scaler is not None:
             torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
         (tmp / "state.json").write_text(json.dumps(dataclasses.asdict(state)))
@@ -1060,6 +1123,8 @@ def load_checkpoint(run: Run, path: Path) -> TrainState:
     if run.adaptive:
         model.base_model.load_allocator_state_dict(
             torch.load(path / "allocator.pt", map_location=device, weights_only=False))
+    if run.ivon is not None and (path / "start_means.pt").is_file():
+        run.start_means = torch.load(path / "start_means.pt", weights_only=True)
     if (path / "scaler.pt").exists() and run.accelerator.scaler is not None:
         run.accelerator.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=False))
     return state
@@ -1285,6 +1350,8 @@ def _setup(args: argparse.Namespace) -> tuple[Run, TrainState, Path | None]:
             load_ivon_state(run, saved)
         else:
             accelerator.print(f"note: {args.lora_path} has no ivon_state.pt; IVON's Hessian starts at hess_init")
+    if ivon_opt is not None and not args.eval_only:
+        run.start_means = trainable_flat(run)  # a checkpoint's copy replaces it below
     state = load_checkpoint(run, resume) if resume else \
         TrainState(seed=seed, train_batch_size=args.per_device_train_batch_size * world)
     return run, state, resume

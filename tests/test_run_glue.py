@@ -61,8 +61,22 @@ def test_custom_lr_schedule_matches_spec_example():
     assert lam(0) == 0.0 and lam(1) == pytest.approx(0.02) and lam(99) == pytest.approx(1.98)
     assert lam(100) == lam(399) == 2.0
     assert lam(400) == 0.5 and lam(2150) == pytest.approx(0.25) and lam(3899) == pytest.approx(1.43e-4, rel=1e-2)
-    assert rg.custom_schedule_const_end(500, 78) == 500          # > 100: a step count
-    assert rg.custom_schedule_const_end(1.5, 78) == 117.0        # else epochs x updates per epoch
+
+
+def test_custom_schedule_const_end_from_epochs_or_steps():
+    def end(*flags):
+        return rg.custom_schedule_const_end(rg.parse_args(["--model_name_or_path", "m", *flags]), 78)
+    assert end("--lr_schedule_const_epochs", "500") == 500       # > 100: a step count (the paper's tables)
+    assert end("--lr_schedule_const_epochs", "1.5") == 117.0     # else epochs x updates per epoch
+    assert end() == 78                                           # default: one epoch
+    assert end("--lr_schedule_const_steps", "40") == 40          # explicit steps, small values included
+    assert end("--lr_schedule_const_steps", "0") == 0
+
+
+def test_const_steps_and_const_epochs_are_exclusive(tmp_path, capsys):
+    code = rg.main(["--model_name_or_path", "m", "--task_name", "rte", "--output_dir", str(tmp_path / "o"),
+                    "--lr_schedule_const_steps", "40", "--lr_schedule_const_epochs", "2"])
+    assert code == 2 and "not both" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_step_plan_counts_partial_accumulation_groups():
@@ -77,6 +91,19 @@ def test_epoch_batches_are_reproducible_per_epoch():
     assert a == b and [len(x) for x in a] == [6, 6, 6, 2]
     assert sorted(i for x in a for i in x) == list(range(20))
     assert rg.epoch_batches(20, 6, seed=1, epoch=1) != a
+
+
+def test_epoch_orders_of_different_seeds_are_independent():
+    """Seeds 2021-2025 over 50 epochs (RTE's schedule): no epoch order of one seed reappears in another, and
+    the orders agree position by position no more often than independent permutations would (1 in n)."""
+    n, epochs = 2490, 50
+    orders = {(s, e): [i for b in rg.epoch_batches(n, 32, seed=s, epoch=e) for i in b]
+              for s in range(2021, 2026) for e in range(epochs)}
+    assert len({tuple(o) for o in orders.values()}) == len(orders)   # with seed + epoch: 46 of 50 shared
+    same = [sum(a == b for a, b in zip(orders[(s, e)], orders[(t, f)]))
+            for s in range(2021, 2026) for t in range(s + 1, 2026) for e in range(epochs) for f in range(epochs)]
+    # Fixed points between two independent permutations: Poisson(1) per pair; 25,000 pairs.
+    assert abs(sum(same) / len(same) - 1.0) < 0.05 and max(same) <= 10
 
 
 def test_metric_module_loads_offline(tmp_path):
