@@ -578,6 +578,14 @@ def adapter_config(args: argparse.Namespace):
     return peft.VILoraConfig(**common, **ada, criterion=args.vilora_criterion)
 
 
+# Build every model in float32, as transformers 4.x always did. Since transformers 5, from_pretrained keeps a
+# checkpoint's stored dtype (the Hub's deberta-v3-base is float16), which would train float16 weights and
+# give IVON mixed dtypes. Mixed precision is accelerate's job (--mixed_precision). The keyword was renamed
+# from torch_dtype to dtype in transformers 4.56.
+FLOAT32 = {"dtype" if tuple(map(int, transformers.__version__.split(".")[:2])) >= (4, 56) else "torch_dtype":
+           torch.float32}
+
+
 def build_model(args, num_labels: int, label_names: list[str] | None):
     """Tokenizer and classifier; wrapped with the adapter when --apply_lora (optionally loaded from --lora_path)."""
     config = AutoConfig.from_pretrained(args.model_name_or_path, num_labels=num_labels,
@@ -590,7 +598,7 @@ def build_model(args, num_labels: int, label_names: list[str] | None):
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             args.model_name_or_path, config=config, ignore_mismatched_sizes=args.ignore_mismatched_sizes,
-            trust_remote_code=args.trust_remote_code)
+            trust_remote_code=args.trust_remote_code, **FLOAT32)
     except RuntimeError as e:
         if "ignore_mismatched_sizes" not in str(e):
             raise
@@ -643,7 +651,7 @@ def build_optimizer(args, model, n_train: int, device: torch.device, sync: bool 
                              mc_samples=args.ivon_train_mc_samples, clip_radius=args.ivon_clip_radius, device=device,
                              sync=sync)
         except ValueError as e:
-            raise UsageError(f"IVON: {e}") from None
+            raise UsageError(str(e) if str(e).startswith("IVON") else f"IVON: {e}") from None
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:

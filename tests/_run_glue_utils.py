@@ -11,8 +11,11 @@ WORDS = ["good", "bad", "cat", "dog", "runs", "sits", "the", "a", "big", "small"
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def make_tiny_model(path: Path, dropout: float = 0.1) -> Path:
-    """Save a randomly initialised 2-layer DeBERTa-v2 (hidden 32) and a BERT WordPiece tokenizer to `path`."""
+def make_tiny_model(path: Path, dropout: float = 0.1, dtype: str = "float32") -> Path:
+    """Save a randomly initialised 2-layer DeBERTa-v2 (hidden 32) and a BERT WordPiece tokenizer to `path`.
+
+    `dtype="float16"` stores the weights in float16, as the Hub's microsoft/deberta-v3-base checkpoint is.
+    """
     import torch
     from transformers import BertTokenizerFast, DebertaV2Config, DebertaV2Model
 
@@ -26,7 +29,8 @@ def make_tiny_model(path: Path, dropout: float = 0.1) -> Path:
                              pos_att_type=["c2p", "p2c"], position_buckets=16, max_relative_positions=32,
                              pad_token_id=0, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     torch.manual_seed(0)
-    DebertaV2Model(config).save_pretrained(path)  # no head: every task gets a fresh classifier
+    model = DebertaV2Model(config).to(getattr(torch, dtype))
+    model.save_pretrained(path)  # no head: every task gets a fresh classifier
     return path
 
 
