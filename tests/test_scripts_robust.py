@@ -1,0 +1,134 @@
+"""Bad runs must not break the results tools (scripts/): summarize.py, plot_curves.py and launch.sh.
+
+Each test builds the hostile input a real sweep can leave behind (the training script's own NaN metrics,
+truncated or non-object JSON files, zero-padded seed folders, a symlinked summary, a log line still being
+written, a path blocked by a file, knobs holding newlines, a run folder locked by another run) and checks
+that the tool skips or reports it in one line and goes on with the rest.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_scripts import PYTHON, SCRIPTS, _module, run_script
+
+SUMMARIZE = [PYTHON, str(SCRIPTS / "summarize.py")]
+
+
+def _write(root: Path, rel: str, text: str) -> Path:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _summarize(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*SUMMARIZE, str(root), *args], capture_output=True, text=True, timeout=60)
+
+
+def _table(md: str) -> dict[str, list[str]]:
+    return {line.split(" | ")[0][2:]: line.split(" | ") for line in md.splitlines() if line.startswith("| ")}
+
+
+# ------------------------------------------------------------------------------------------- summarize
+def test_summarize_skips_and_lists_bad_runs(tmp_path):
+    root = tmp_path / "res"
+    good = lambda acc: json.dumps({"eval_accuracy": acc})  # noqa: E731
+    _write(root, "vilora/rank2/rte/seed1/all_results.json", good(0.80))
+    _write(root, "vilora/rank2/rte/seed2/all_results.json", good(0.84))
+    bad = {
+        "vilora/rank2/rte/seed3": ('{"eval_accuracy": 0.', "not valid JSON"),  # truncated
+        "vilora/rank2/rte/seed4": ("", "not valid JSON"),  # empty
+        "vilora/rank2/rte/seed5": ("[]", "not a JSON object"),
+        "vilora/rank2/rte/seed6": ('{"eval_accuracy": true}', "eval_accuracy is true, not a number"),
+    }
+    for rel, (text, _) in bad.items():
+        _write(root, f"{rel}/all_results.json", text)
+    # Outside the launcher's layout, placed by run_config.json: truncated, and a list.
+    for rel, text in (("misc/a", '{"args": {"task_name": "rte"'), ("misc/b", "[]")):
+        _write(root, f"{rel}/all_results.json", good(0.5))
+        _write(root, f"{rel}/run_config.json", text)
+        bad[rel] = (text, "run_config.json")
+
+    res = _summarize(root)
+    assert res.returncode == 0, res.stderr
+    md = (root / "summary.md").read_text()
+    assert _table(md)["vilora"][7] == "82.00±2.83 (2)"  # seeds 1 and 2 only; `true` is not 100
+    assert "## Skipped runs" in md
+    listed = md.split("## Skipped runs")[1]
+    err = [line for line in res.stderr.splitlines() if line.startswith("summarize: skipping ")]
+    assert len(err) == len(bad) == 6
+    for rel, (_, reason) in bad.items():
+        (line,) = [e for e in err if f"{rel}/" in e]
+        assert reason in line, line
+        (item,) = [x for x in listed.splitlines() if f"{rel}/" in x]
+        assert reason in item, item
+
+
+def test_summarize_reports_nan_as_nan(tmp_path):
+    root = tmp_path / "res"
+    # Constant predictions give an undefined Pearson; Python's json writes it as a bare NaN.
+    for seed, pearson in ((1, math.nan), (2, math.nan), (3, 0.9)):
+        _write(root, f"vilora_clr/rank2/stsb/seed{seed}/all_results.json", json.dumps({"eval_pearson": pearson}))
+    _write(root, "vilora/rank2/sst2/seed1/all_results.json", json.dumps({"eval_accuracy": 0.9}))
+    assert "NaN" in (root / "vilora_clr/rank2/stsb/seed1/all_results.json").read_text()
+
+    res = _summarize(root)
+    assert res.returncode == 0, res.stderr
+    md = (root / "summary.md").read_text()
+    row = _table(md)["vilora"]
+    assert row[3] == "90.00 (1)"  # SST-2
+    assert row[9] == "nan (3)"  # STS-B: the two NaN seeds are not dropped
+    assert row[10] == "nan"  # and the GLUE average over a NaN task is NaN
+    assert "## Runs with a NaN metric" in md
+    assert md.count("vilora_clr/rank2/stsb/seed") == 2
+    assert "NaN" in res.stderr
+    rows = list(csv.DictReader(open(root / "summary.csv")))
+    stsb = next(r for r in rows if r["method"] == "vilora" and r["task"] == "stsb")
+    assert (stsb["mean"], stsb["std"], stsb["n"]) == ("nan", "nan", "3")
+    assert next(r for r in rows if r["method"] == "vilora" and r["task"] == "avg")["mean"] == "nan"
+
+
+def test_summarize_zero_padded_seed_is_the_same_seed(tmp_path):
+    root = tmp_path / "res"
+    _write(root, "vilora/rank2/rte/seed2/all_results.json", json.dumps({"eval_accuracy": 0.80}))
+    _write(root, "vilora/rank2/rte/seed02/all_results.json", json.dumps({"eval_accuracy": 0.90}))
+    _write(root, "vilora/rank2/rte/seed3/all_results.json", json.dumps({"eval_accuracy": 0.70}))
+    summarize = _module("summarize")
+    skipped: list[tuple[Path, str]] = []
+    runs = summarize.find_runs(root, skipped)
+    assert sorted(r.seed for r in runs) == ["2", "3"]
+    ((path, reason),) = skipped
+    assert path.parent.name in ("seed2", "seed02") and "seed 2" in reason
+    kept = next(r for r in runs if r.seed == "2").path.name
+    assert {kept, path.parent.name} == {"seed2", "seed02"}
+    res = _summarize(root)
+    assert res.returncode == 0 and _table(res.stdout)["vilora"][7].endswith(" (2)")
+    assert f"{path.parent.name}/all_results.json" in res.stdout.split("## Skipped runs")[1]
+
+
+def test_summarize_writes_atomically_and_replaces_a_symlink(tmp_path, monkeypatch):
+    root = tmp_path / "res"
+    _write(root, "vilora/rank2/rte/seed1/all_results.json", json.dumps({"eval_accuracy": 0.8}))
+    target = _write(tmp_path, "elsewhere.md", "keep me\n")
+    (root / "summary.md").symlink_to(target)
+    summarize = _module("summarize")
+    replaced = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        replaced.append((Path(src), Path(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    assert summarize.main([str(root)]) == 0
+    assert sorted(dst.name for _, dst in replaced) == ["summary.csv", "summary.md"]
+    assert all(src.parent == root and dst.parent == root for src, dst in replaced)
+    assert target.read_text() == "keep me\n"  # not written through the link
+    assert not (root / "summary.md").is_symlink() and "# GLUE dev results" in (root / "summary.md").read_text()
+    assert sorted(p.name for p in root.iterdir()) == ["summary.csv", "summary.md", "vilora"]  # no temp files
