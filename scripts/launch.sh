@@ -30,6 +30,11 @@
 #   PARTITION, GPUS (1), TIME_LIMIT (24:00:00), SBATCH_ARGS (raw extra sbatch options): for LAUNCHER=sbatch
 #   DRY_RUN=1   print the commands (stdout, one per line) and run nothing
 #
+# Newlines in knobs: sweep.py hands each command to this script as one line, so a newline inside a word
+# would split a command in two. A newline between words (TASKS, SEEDS, CRITERIA, RANK, EXTRA_ARGS,
+# ACCELERATE_ARGS, SBATCH_ARGS) is whitespace; a word that holds one (quoted inside EXTRA_ARGS, or in MODEL,
+# GLUE_DIR, OUTPUT_ROOT, an argument) is refused with one line and exit status 2 before anything runs.
+#
 # Run directory: $OUTPUT_ROOT/<method>[-<criterion>]/rank<R>/<task>/seed<S>/, with the run's stdout and
 # stderr appended to train.log (after a line with the date and the command). A run whose all_results.json
 # exists is skipped; a failed run is reported and the sweep goes on; a summary ends the output, and the
@@ -83,7 +88,8 @@ if [ "$LAUNCHER" = accelerate ] || [ "$NUM_PROCESSES" -gt 1 ]; then
             ACCELERATE=accelerate
         fi
     fi
-    read -r -a accelerate_extra <<< "${ACCELERATE_ARGS:-}"
+    # -d '': read every line, not only the first; a newline is whitespace like a space.
+    read -r -d '' -a accelerate_extra <<< "${ACCELERATE_ARGS:-}" || true
     starter=("$ACCELERATE" launch --num_processes "$NUM_PROCESSES")
     # Without --multi_gpu (or an `accelerate config` saying so) accelerate starts a single process.
     if [ "$NUM_PROCESSES" -gt 1 ]; then starter+=(--multi_gpu); fi
@@ -91,7 +97,7 @@ if [ "$LAUNCHER" = accelerate ] || [ "$NUM_PROCESSES" -gt 1 ]; then
 else
     starter=("$PYTHON" "$TRAIN_SCRIPT")
 fi
-read -r -a sbatch_extra <<< "${SBATCH_ARGS:-}"
+read -r -d '' -a sbatch_extra <<< "${SBATCH_ARGS:-}" || true
 
 quote_cmd() {  # print words so that a POSIX shell (and Python's shlex.split) reads back the same words
     local words=() w q="'"

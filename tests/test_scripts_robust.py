@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -154,3 +155,61 @@ def test_plot_curves_skips_a_partial_last_line_and_warns_on_bad_lines(tmp_path, 
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "seed2/log.jsonl" in err[0] and "4 bad line(s)" in err[0] and "line 2)" in err[0], err
     assert plot_curves.main([str(tmp_path)]) == 0
+
+
+# ------------------------------------------------------------------------------------------- launcher
+# A training script that finishes every run and records it.
+FAKE_TRAIN = """\
+import json, os, sys
+args = sys.argv[1:]
+value = lambda name: args[args.index(name) + 1]
+out = value("--output_dir")
+open(os.environ["CALLS"], "a").write(out + "\\n")
+if value("--task_name") in os.environ.get("BUSY_TASKS", "").split():
+    print(f"run_glue: error: {out} is in use by another run (pid 4242)", file=sys.stderr)
+    sys.exit(75)
+if value("--task_name") in os.environ.get("FAIL_TASKS", "").split():
+    sys.exit(3)
+os.makedirs(out, exist_ok=True)
+json.dump({"eval_accuracy": 0.5}, open(os.path.join(out, "all_results.json"), "w"))
+"""
+
+
+@pytest.fixture
+def fake_train(tmp_path) -> tuple[Path, Path]:
+    """(the fake training script, the file it appends each run's output dir to)."""
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN)
+    return script, tmp_path / "calls.txt"
+
+
+@pytest.mark.parametrize("knobs,args", [
+    ({"EXTRA_ARGS": "--project_prefix 'a\nrm -rf x'"}, ()),
+    ({"MODEL": "/models/tiny\nrm -rf x"}, ()),
+    ({}, ("--project_prefix", "a\nrm -rf x")),
+], ids=["EXTRA_ARGS", "MODEL", "argument"])
+def test_launch_rejects_a_newline_inside_a_word(tmp_path, fake_train, knobs, args):
+    script, calls = fake_train
+    for dry in ("1", "0"):
+        res = run_script("vilora_clr.sh", tmp_path / "out", args, TASKS="rte", SEEDS="1 2", DRY_RUN=dry,
+                         TRAIN_SCRIPT=str(script), CALLS=str(calls), **knobs)
+        assert res.returncode == 2, res.stderr
+        assert res.stdout == "" and res.stderr.count("\n") == 1 and "newline" in res.stderr, res.stderr
+    assert not calls.exists() and not (tmp_path / "out").exists()
+
+
+def test_launch_treats_newlines_between_words_as_spaces(tmp_path):
+    res = run_script("vilora_clr.sh", tmp_path / "out", DRY_RUN="1", TASKS="rte\ncola", SEEDS="1\n2",
+                     EXTRA_ARGS="--foo\nrm -rf x")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert len(lines) == 4
+    assert all(line.endswith(" --foo rm -rf x") for line in lines)
+    # ACCELERATE_ARGS and SBATCH_ARGS: every line counts, not only the first.
+    res = run_script("vilora_clr.sh", tmp_path / "out", DRY_RUN="1", TASKS="rte", SEEDS="1", LAUNCHER="sbatch",
+                     NUM_PROCESSES="2", ACCELERATE="/opt/accelerate", SBATCH_ARGS="--mem=32G\n--cpus-per-task=4",
+                     ACCELERATE_ARGS="--num_machines 2\n--machine_rank 1")
+    assert res.returncode == 0, res.stderr
+    (words,) = [shlex.split(line) for line in res.stdout.splitlines()]
+    assert words[words.index("--wrap") - 2:words.index("--wrap")] == ["--mem=32G", "--cpus-per-task=4"]
+    assert "--multi_gpu --num_machines 2 --machine_rank 1 " in words[words.index("--wrap") + 1]
