@@ -37,8 +37,9 @@
 #
 # Run directory: $OUTPUT_ROOT/<method>[-<criterion>]/rank<R>/<task>/seed<S>/, with the run's stdout and
 # stderr appended to train.log (after a line with the date and the command). A run whose all_results.json
-# exists is skipped; a failed run is reported and the sweep goes on; a summary ends the output, and the
-# exit status is 1 if any run failed.
+# exists is skipped. A failed run, including one whose folder or train.log cannot be created (e.g. a file
+# in the way), is reported and the sweep goes on; a summary ends the output, and the exit status is 1 if
+# any run failed.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -165,7 +166,12 @@ while IFS=$'\x1f' read -r -u 3 -a fields; do
         continue
     fi
 
-    mkdir -p "$out"
+    # A folder that cannot be made (a file in its path, no permission) fails this run only.
+    if ! err="$({ mkdir -p -- "$out" && : >>"$out/train.log"; } 2>&1)"; then
+        failed+=("$name (cannot create $out/train.log: ${err##*: })")
+        echo "$tag FAILED (cannot create $out/train.log: ${err##*: })" >&2
+        continue
+    fi
     if [ "$LAUNCHER" = sbatch ]; then
         echo "$tag submit: $name" >&2
         if "${cmd[@]}" </dev/null >&2; then

@@ -158,7 +158,8 @@ def test_plot_curves_skips_a_partial_last_line_and_warns_on_bad_lines(tmp_path, 
 
 
 # ------------------------------------------------------------------------------------------- launcher
-# A training script that finishes every run and records it.
+# A training script that finishes every run, except where told: a run folder held by another process
+# exits 75 with the training script's one-line message.
 FAKE_TRAIN = """\
 import json, os, sys
 args = sys.argv[1:]
@@ -181,6 +182,21 @@ def fake_train(tmp_path) -> tuple[Path, Path]:
     script = tmp_path / "fake_train.py"
     script.write_text(FAKE_TRAIN)
     return script, tmp_path / "calls.txt"
+
+
+def test_launch_goes_on_when_a_run_folder_cannot_be_created(tmp_path, fake_train):
+    script, calls = fake_train
+    root = tmp_path / "out"
+    _write(root, "vilora_clr/rank2/rte", "a file where the launcher needs a folder\n")
+    res = run_script("vilora_clr.sh", root, TASKS="rte cola", SEEDS="1", TRAIN_SCRIPT=str(script),
+                     CALLS=str(calls))
+    assert res.returncode == 1, res.stderr
+    err = res.stderr.splitlines()
+    assert err[-2] == "summary: 1 done, 1 failed, 0 skipped, of 2 runs"
+    assert err[-1].startswith("  failed: vilora_clr/rank2/rte/seed1 (cannot create ")
+    assert sum("FAILED" in line for line in err) == 1
+    assert calls.read_text() == f"{root}/vilora_clr/rank2/cola/seed1\n"
+    assert (root / "vilora_clr/rank2/cola/seed1/all_results.json").is_file()
 
 
 @pytest.mark.parametrize("knobs,args", [
@@ -213,3 +229,4 @@ def test_launch_treats_newlines_between_words_as_spaces(tmp_path):
     (words,) = [shlex.split(line) for line in res.stdout.splitlines()]
     assert words[words.index("--wrap") - 2:words.index("--wrap")] == ["--mem=32G", "--cpus-per-task=4"]
     assert "--multi_gpu --num_machines 2 --machine_rank 1 " in words[words.index("--wrap") + 1]
+
