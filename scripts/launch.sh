@@ -38,8 +38,11 @@
 # Run directory: $OUTPUT_ROOT/<method>[-<criterion>]/rank<R>/<task>/seed<S>/, with the run's stdout and
 # stderr appended to train.log (after a line with the date and the command). A run whose all_results.json
 # exists is skipped. A failed run, including one whose folder or train.log cannot be created (e.g. a file
-# in the way), is reported and the sweep goes on; a summary ends the output, and the exit status is 1 if
-# any run failed.
+# in the way), is reported and the sweep goes on. A run that exits with status 75 is busy: the training
+# script found its folder in use by another run (local launcher; `accelerate launch` turns 75 into 1); it is
+# neither failed nor done, and the next sweep tries it again. A summary ends the output ("N done, N failed,
+# N skipped[, N busy (held by another process)], of N runs", then the failed and busy runs), and the exit
+# status is 1 if any run failed.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -134,7 +137,7 @@ on_signal() {
 }
 trap on_signal INT TERM
 n=0 n_done=0 n_skipped=0
-failed=()
+failed=() busy=()
 while IFS=$'\x1f' read -r -u 3 -a fields; do
     [ ${#fields[@]} -gt 0 ] || continue
     n=$((n + 1))
@@ -194,6 +197,9 @@ while IFS=$'\x1f' read -r -u 3 -a fields; do
     if [ $status -eq 0 ] && [ -f "$out/all_results.json" ]; then
         n_done=$((n_done + 1))
         echo "$tag done in $((SECONDS - start)) s: $name" >&2
+    elif [ $status -eq 75 ]; then  # the training script's "in use by another run" (EX_TEMPFAIL)
+        busy+=("$name")
+        echo "$tag busy (held by another process), see $out/train.log" >&2
     else
         [ $status -eq 0 ] && status="0 without all_results.json"
         failed+=("$name (exit $status, log: $out/train.log)")
@@ -204,8 +210,13 @@ done 3<<< "$plan"
 verb=done
 [ "$LAUNCHER" = sbatch ] && verb=submitted
 [ "$DRY_RUN" = 1 ] && verb="to run (dry run)"
-echo "summary: $n_done $verb, ${#failed[@]} failed, $n_skipped skipped, of $total runs" >&2
+n_busy=""
+[ ${#busy[@]} -gt 0 ] && n_busy=", ${#busy[@]} busy (held by another process)"
+echo "summary: $n_done $verb, ${#failed[@]} failed, $n_skipped skipped$n_busy, of $total runs" >&2
 for f in "${failed[@]}"; do
     echo "  failed: $f" >&2
+done
+for b in "${busy[@]}"; do
+    echo "  busy: $b" >&2
 done
 [ ${#failed[@]} -eq 0 ]

@@ -230,3 +230,21 @@ def test_launch_treats_newlines_between_words_as_spaces(tmp_path):
     assert words[words.index("--wrap") - 2:words.index("--wrap")] == ["--mem=32G", "--cpus-per-task=4"]
     assert "--multi_gpu --num_machines 2 --machine_rank 1 " in words[words.index("--wrap") + 1]
 
+
+def test_launch_counts_busy_runs_apart(tmp_path, fake_train):
+    script, calls = fake_train
+    root = tmp_path / "out"
+    _write(root, "vilora_clr/rank2/mrpc/seed1/all_results.json", "{}")
+    res = run_script("vilora_clr.sh", root, TASKS="rte cola mrpc", SEEDS="1 2", TRAIN_SCRIPT=str(script),
+                     CALLS=str(calls), BUSY_TASKS="cola")
+    assert res.returncode == 0, res.stderr  # busy is not a failure
+    err = res.stderr.splitlines()
+    assert err[-3] == "summary: 3 done, 0 failed, 1 skipped, 2 busy (held by another process), of 6 runs"
+    assert err[-2:] == ["  busy: vilora_clr/rank2/cola/seed1", "  busy: vilora_clr/rank2/cola/seed2"]
+    assert not (root / "vilora_clr/rank2/cola/seed1/all_results.json").exists()
+    assert "in use by another run" in (root / "vilora_clr/rank2/cola/seed1/train.log").read_text()
+    # Busy and failed: the failure sets the exit status.
+    res = run_script("vilora_clr.sh", root, TASKS="cola stsb", SEEDS="1", TRAIN_SCRIPT=str(script),
+                     CALLS=str(calls), BUSY_TASKS="cola", FAIL_TASKS="stsb")
+    assert res.returncode == 1
+    assert "summary: 0 done, 1 failed, 0 skipped, 1 busy (held by another process), of 2 runs" in res.stderr
