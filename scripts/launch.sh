@@ -30,10 +30,19 @@
 #   PARTITION, GPUS (1), TIME_LIMIT (24:00:00), SBATCH_ARGS (raw extra sbatch options): for LAUNCHER=sbatch
 #   DRY_RUN=1   print the commands (stdout, one per line) and run nothing
 #
+# Newlines in knobs: sweep.py hands each command to this script as one line, so a newline inside a word
+# would split a command in two. A newline between words (TASKS, SEEDS, CRITERIA, RANK, EXTRA_ARGS,
+# ACCELERATE_ARGS, SBATCH_ARGS) is whitespace; a word that holds one (quoted inside EXTRA_ARGS, or in MODEL,
+# GLUE_DIR, OUTPUT_ROOT, an argument) is refused with one line and exit status 2 before anything runs.
+#
 # Run directory: $OUTPUT_ROOT/<method>[-<criterion>]/rank<R>/<task>/seed<S>/, with the run's stdout and
 # stderr appended to train.log (after a line with the date and the command). A run whose all_results.json
-# exists is skipped; a failed run is reported and the sweep goes on; a summary ends the output, and the
-# exit status is 1 if any run failed.
+# exists is skipped. A failed run, including one whose folder or train.log cannot be created (e.g. a file
+# in the way), is reported and the sweep goes on. A run that exits with status 75 is busy: the training
+# script found its folder in use by another run (local launcher; `accelerate launch` turns 75 into 1); it is
+# neither failed nor done, and the next sweep tries it again. A summary ends the output ("N done, N failed,
+# N skipped[, N busy (held by another process)], of N runs", then the failed and busy runs), and the exit
+# status is 1 if any run failed.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -83,7 +92,8 @@ if [ "$LAUNCHER" = accelerate ] || [ "$NUM_PROCESSES" -gt 1 ]; then
             ACCELERATE=accelerate
         fi
     fi
-    read -r -a accelerate_extra <<< "${ACCELERATE_ARGS:-}"
+    # -d '': read every line, not only the first; a newline is whitespace like a space.
+    read -r -d '' -a accelerate_extra <<< "${ACCELERATE_ARGS:-}" || true
     starter=("$ACCELERATE" launch --num_processes "$NUM_PROCESSES")
     # Without --multi_gpu (or an `accelerate config` saying so) accelerate starts a single process.
     if [ "$NUM_PROCESSES" -gt 1 ]; then starter+=(--multi_gpu); fi
@@ -91,7 +101,7 @@ if [ "$LAUNCHER" = accelerate ] || [ "$NUM_PROCESSES" -gt 1 ]; then
 else
     starter=("$PYTHON" "$TRAIN_SCRIPT")
 fi
-read -r -a sbatch_extra <<< "${SBATCH_ARGS:-}"
+read -r -d '' -a sbatch_extra <<< "${SBATCH_ARGS:-}" || true
 
 quote_cmd() {  # print words so that a POSIX shell (and Python's shlex.split) reads back the same words
     local words=() w q="'"
@@ -127,7 +137,7 @@ on_signal() {
 }
 trap on_signal INT TERM
 n=0 n_done=0 n_skipped=0
-failed=()
+failed=() busy=()
 while IFS=$'\x1f' read -r -u 3 -a fields; do
     [ ${#fields[@]} -gt 0 ] || continue
     n=$((n + 1))
@@ -159,7 +169,12 @@ while IFS=$'\x1f' read -r -u 3 -a fields; do
         continue
     fi
 
-    mkdir -p "$out"
+    # A folder that cannot be made (a file in its path, no permission) fails this run only.
+    if ! err="$({ mkdir -p -- "$out" && : >>"$out/train.log"; } 2>&1)"; then
+        failed+=("$name (cannot create $out/train.log: ${err##*: })")
+        echo "$tag FAILED (cannot create $out/train.log: ${err##*: })" >&2
+        continue
+    fi
     if [ "$LAUNCHER" = sbatch ]; then
         echo "$tag submit: $name" >&2
         if "${cmd[@]}" </dev/null >&2; then
@@ -182,6 +197,9 @@ while IFS=$'\x1f' read -r -u 3 -a fields; do
     if [ $status -eq 0 ] && [ -f "$out/all_results.json" ]; then
         n_done=$((n_done + 1))
         echo "$tag done in $((SECONDS - start)) s: $name" >&2
+    elif [ $status -eq 75 ]; then  # the training script's "in use by another run" (EX_TEMPFAIL)
+        busy+=("$name")
+        echo "$tag busy (held by another process), see $out/train.log" >&2
     else
         [ $status -eq 0 ] && status="0 without all_results.json"
         failed+=("$name (exit $status, log: $out/train.log)")
@@ -192,8 +210,13 @@ done 3<<< "$plan"
 verb=done
 [ "$LAUNCHER" = sbatch ] && verb=submitted
 [ "$DRY_RUN" = 1 ] && verb="to run (dry run)"
-echo "summary: $n_done $verb, ${#failed[@]} failed, $n_skipped skipped, of $total runs" >&2
+n_busy=""
+[ ${#busy[@]} -gt 0 ] && n_busy=", ${#busy[@]} busy (held by another process)"
+echo "summary: $n_done $verb, ${#failed[@]} failed, $n_skipped skipped$n_busy, of $total runs" >&2
 for f in "${failed[@]}"; do
     echo "  failed: $f" >&2
+done
+for b in "${busy[@]}"; do
+    echo "  busy: $b" >&2
 done
 [ ${#failed[@]} -eq 0 ]

@@ -7,6 +7,11 @@ as in summarize.py), takes the eval lines' primary metric of the task (MNLI: mat
 correlation, STS-B: Pearson, others: accuracy; ×100) at each logged step, and draws the mean over seeds with a
 band over seeds (min–max by default, or ±1 sample std). Runs still in progress are included. Writes
 OUTPUT_ROOT/curves.png (curves_<task>.png with --task) unless -o is given.
+
+Bad input is skipped, not fatal: the last line of a log.jsonl that a running job is still writing (no
+newline and not parseable yet) is left out quietly; any other line that is not a JSON object with an integer
+``step`` and a numeric metric (JSON ``true`` is not a number) is left out with one warning per file on stderr;
+a run that cannot be placed (or whose run_config.json is unreadable) is skipped with a warning.
 """
 from __future__ import annotations
 
@@ -31,15 +36,39 @@ METRIC_NAMES = {"eval_accuracy": "accuracy", "eval_matthews_correlation": "Matth
                 "eval_pearson": "Pearson"}
 
 
+def _is_number(value: object) -> bool:
+    """A JSON number (NaN included); JSON true/false are not numbers."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def read_curve(log: Path, key: str) -> dict[int, float]:
-    """step -> metric ×100 from the eval lines of one log.jsonl (the last line wins for a repeated step)."""
-    curve = {}
-    for line in log.read_text().splitlines():
+    """step -> metric ×100 from the eval lines of one log.jsonl (the last line wins for a repeated step).
+
+    Lines without ``key`` (training lines) are ignored; bad lines are skipped (see the module docstring).
+    """
+    text = log.read_text(errors="replace")
+    lines = text.splitlines()
+    curve, bad = {}, []
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        entry = json.loads(line)
-        if isinstance(entry.get(key), (int, float)) and "step" in entry:
-            curve[int(entry["step"])] = 100.0 * entry[key]
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            if number == len(lines) and not text.endswith("\n"):
+                break  # the line a running job is writing (or a killed one was): not a bad line
+            entry = None
+        if not isinstance(entry, dict):
+            bad.append(number)
+        elif key in entry:
+            step = entry.get("step")
+            if _is_number(step) and isinstance(step, int) and _is_number(entry[key]):
+                curve[step] = 100.0 * entry[key]
+            else:
+                bad.append(number)
+    if bad:
+        print(f"plot_curves: {log}: skipped {len(bad)} bad line(s), not a JSON object with an integer step "
+              f"and a numeric {key} (first: line {bad[0]})", file=sys.stderr)
     return curve
 
 
@@ -48,14 +77,18 @@ def collect(root: Path, task: str | None = None, rank: str | None = None
     """task -> "<method> r<rank>" -> one curve per seed, for every log.jsonl under ``root``."""
     curves: dict[str, dict[str, list[dict[int, float]]]] = defaultdict(lambda: defaultdict(list))
     for log in sorted(root.rglob("log.jsonl")):
-        ident = identify_run(log.parent)
-        if ident is None:
-            print(f"plot_curves: skipping {log}: cannot tell its method/task", file=sys.stderr)
+        try:
+            method, run_rank, run_task, _ = identify_run(log.parent)
+        except ValueError as e:
+            print(f"plot_curves: skipping {log}: {e}", file=sys.stderr)
             continue
-        method, run_rank, run_task, _ = ident
         if (task and run_task != task) or (rank and run_rank != rank):
             continue
-        curve = read_curve(log, TASK_METRICS[run_task][0][0])
+        try:
+            curve = read_curve(log, TASK_METRICS[run_task][0][0])
+        except OSError as e:
+            print(f"plot_curves: skipping {log}: {e.strerror or e}", file=sys.stderr)
+            continue
         if curve:
             curves[run_task][f"{method} r{run_rank}"].append(curve)
     return curves

@@ -12,17 +12,31 @@ published DeBERTaV3-base rows. OUTPUT_ROOT/summary.csv holds the same numbers in
 By default a method and its ``_clr`` variant (the same method on CoLA, STS-B, MRPC and RTE, with IVON's
 custom LR schedule) share a row, and so do ``full`` and ``full_ivon`` (STS-B), as in the paper's tables;
 ``--no-merge`` shows every method directory as its own row.
+
+Bad runs do not stop the table. A run is skipped, with its path and the reason on one line of stderr and under
+"Skipped runs" in summary.md, when its all_results.json (or the run_config.json that places it) is unreadable,
+truncated, empty or not a JSON object, when a metric is missing or not a number (JSON ``true`` is not 100),
+or when it repeats a (method, rank, task, seed) already read: seeds are integers, so ``seed02`` is seed 2, and
+the first path in sorted order is kept. A NaN metric (the training script writes a bare ``NaN``, e.g. a
+Pearson correlation of constant predictions) is kept: the mean over seeds, and the GLUE average, are then
+``nan`` and such runs are listed under "Runs with a NaN metric". summary.md and summary.csv are replaced
+atomically (a temporary file beside them, then os.replace), so a symlink in their place is replaced, not
+written through.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
+import os
 import re
 import statistics
 import sys
+import tempfile
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,12 +79,12 @@ LAYOUT = re.compile(r"rank(\d+)")
 
 @dataclass
 class Run:
-    """One finished run: where it came from and its reported numbers (already ×100)."""
+    """One finished run: where it came from and its reported numbers (already ×100, NaN kept)."""
 
     method: str
     rank: str
     task: str
-    seed: str
+    seed: str  # the seed as a plain integer ("2" for a seed02/ folder)
     values: list[float]
     path: Path
 
@@ -89,8 +103,9 @@ class Cell:
         return [statistics.fmean(v) for v in zip(*(r.values for r in self.runs))]
 
     def stds(self) -> list[float]:
-        """Sample standard deviation (ddof=1) per metric; NaN for a single seed."""
-        return [statistics.stdev(v) if len(v) > 1 else math.nan for v in zip(*(r.values for r in self.runs))]
+        """Sample standard deviation (ddof=1) per metric; NaN for a single seed or a non-finite value."""
+        return [statistics.stdev(v) if len(v) > 1 and all(map(math.isfinite, v)) else math.nan
+                for v in zip(*(r.values for r in self.runs))]
 
     def score(self) -> float:
         """The task's number in the GLUE average: MNLI mean(m, mm), QQP mean(acc, F1), else the metric."""
@@ -114,50 +129,109 @@ def method_from_config(cfg: dict) -> tuple[str, str]:
     return f"vilora{clr}_criterion-{criterion}", rank
 
 
-def identify_run(run_dir: Path, results: dict | None = None) -> tuple[str, str, str, str] | None:
+def read_json_object(path: Path) -> dict:
+    """The JSON object in ``path``; ValueError naming the file if it is unreadable, not JSON, or not an object.
+
+    Bare NaN/Infinity are accepted: Python's json writes them, and the training script's metrics can be NaN.
+    """
+    try:
+        obj = json.loads(path.read_text())
+    except OSError as e:
+        raise ValueError(f"{path.name} cannot be read ({e.strerror or e})") from None
+    except ValueError as e:  # also UnicodeDecodeError
+        raise ValueError(f"{path.name} is not valid JSON (empty or truncated?): {e}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path.name} is not a JSON object but {type(obj).__name__}")
+    return obj
+
+
+def _int_seed(value: object) -> str | None:
+    """A seed as the decimal string of its integer value ("02" -> "2"); None if it is not an integer."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return str(int(value))
+    return str(value) if isinstance(value, int) else None
+
+
+def identify_run(run_dir: Path, results: dict | None = None) -> tuple[str, str, str, str]:
     """(method, rank, task, seed) from the path layout, else from run_config.json (and the run's
-    all_results.json, if given); None if neither works."""
+    all_results.json, if given); ValueError saying why if neither works."""
     results = results or {}
     parts = run_dir.parts
     if len(parts) >= 4:
         method, rank, task, seed = parts[-4:]
         m = LAYOUT.fullmatch(rank)
-        if m and task in TASK_METRICS and re.fullmatch(r"seed\d+", seed):
-            return method, m.group(1), task, seed[4:]
+        if m and task in TASK_METRICS and re.fullmatch(r"seed[0-9]+", seed):
+            return method, m.group(1), task, _int_seed(seed[4:])
     cfg_path = run_dir / "run_config.json"
     if not cfg_path.is_file():
-        return None
-    cfg = json.loads(cfg_path.read_text())
-    cfg = cfg.get("args", cfg)  # resolved CLI args, possibly nested under "args"
+        raise ValueError("neither the directory layout nor run_config.json says which method/task it is")
+    top = read_json_object(cfg_path)
+    cfg = top.get("args", top)  # resolved CLI args, possibly nested under "args"
+    if not isinstance(cfg, dict):
+        raise ValueError("run_config.json: 'args' is not a JSON object")
     task = results.get("task_name") or cfg.get("task_name")
-    if task not in TASK_METRICS:
-        return None
+    if not isinstance(task, str) or task not in TASK_METRICS:
+        raise ValueError(f"task {repr(task)[:40]} (from all_results.json or run_config.json) is not a GLUE task here")
+    # The resolved seed: all_results.json's, else run_config.json's (top level: a random seed is chosen
+    # there when --seed was not given).
+    raw_seed = next((d["seed"] for d in (results, top, cfg) if d.get("seed") is not None), None)
+    seed = _int_seed(raw_seed)
+    if seed is None:
+        raise ValueError(f"seed {raw_seed!r} (from all_results.json or run_config.json) is not an integer")
     method, rank = method_from_config(cfg)
-    return method, rank, task, str(results.get("seed", cfg.get("seed")))
+    return method, rank, task, seed
 
 
-def find_runs(root: Path) -> list[Run]:
-    """Every finished run under ``root``; runs that cannot be placed or lack a metric are reported on stderr."""
-    runs, seen = [], set()
+def _shown(path: Path) -> str:
+    """A path on one line: control characters in a folder name are escaped."""
+    text = str(path)
+    return text if text.isprintable() else ascii(text)
+
+
+def _metric_problem(results: dict, key: str) -> str | None:
+    """Why ``results[key]`` is not a usable metric, or None. NaN is usable: it is reported, not dropped."""
+    if key not in results:
+        return f"no {key}"
+    value = results[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{key} is {json.dumps(value)[:40]}, not a number"
+    return None
+
+
+def find_runs(root: Path, skipped: list[tuple[Path, str]] | None = None) -> list[Run]:
+    """Every finished run under ``root``, in sorted path order. A run left out (see the module docstring) is
+    reported on one line of stderr and, if ``skipped`` is given, appended to it as (all_results.json, reason)."""
+    def skip(path: Path, reason: str) -> None:
+        print(f"summarize: skipping {_shown(path)}: {reason}", file=sys.stderr)
+        if skipped is not None:
+            skipped.append((path, reason))
+
+    runs: list[Run] = []
+    seen: dict[tuple[str, str, str, str], Path] = {}
     for path in sorted(root.rglob("all_results.json")):
-        results = json.loads(path.read_text())
-        ident = identify_run(path.parent, results)
-        if ident is None:
-            print(f"summarize: skipping {path}: neither the directory layout nor run_config.json says "
-                  "which method/task it is", file=sys.stderr)
+        try:
+            results = read_json_object(path)
+            method, rank, task, seed = identify_run(path.parent, results)
+        except ValueError as e:
+            skip(path, str(e))
             continue
-        method, rank, task, seed = ident
         keys = [k for k, _ in TASK_METRICS[task]]
-        missing = [k for k in keys if not isinstance(results.get(k), (int, float))]
-        if missing:
-            print(f"summarize: skipping {path}: no {', '.join(missing)}", file=sys.stderr)
+        problems = [p for p in (_metric_problem(results, k) for k in keys) if p]
+        if problems:
+            skip(path, "; ".join(problems))
             continue
         if (method, rank, task, seed) in seen:
-            print(f"summarize: skipping {path}: {method} rank {rank} {task} seed {seed} seen before",
-                  file=sys.stderr)
+            skip(path, f"{method} rank {rank} {task} seed {seed} is already read from "
+                       f"{_shown(seen[method, rank, task, seed].relative_to(root))}")
             continue
-        seen.add((method, rank, task, seed))
+        seen[method, rank, task, seed] = path
         runs.append(Run(method, rank, task, seed, [100.0 * results[k] for k in keys], path.parent))
+        nan = [k for k in keys if math.isnan(results[k])]
+        if nan:
+            print(f"summarize: note: {_shown(path)}: {', '.join(nan)} is NaN; its mean over seeds is nan",
+                  file=sys.stderr)
     return runs
 
 
@@ -204,8 +278,16 @@ def _avg_over(present: list[str]) -> str:
     return f"all {len(TASKS)}" if len(present) == len(TASKS) else ", ".join(present)
 
 
-def markdown(rows: dict[tuple[str, str], dict[str, Cell]], merged: bool = True) -> str:
-    """The results table: our rows, then the AdaLoRA paper's published rows."""
+def _runs_with_nan(rows: dict[tuple[str, str], dict[str, Cell]]) -> list[tuple[Run, list[str]]]:
+    """Every run with a NaN metric, and the names of those metrics."""
+    return [(r, [k for (k, _), v in zip(TASK_METRICS[r.task], r.values) if math.isnan(v)])
+            for cells in rows.values() for c in cells.values() for r in c.runs if any(map(math.isnan, r.values))]
+
+
+def markdown(rows: dict[tuple[str, str], dict[str, Cell]], merged: bool = True,
+             skipped: Sequence[tuple[Path, str]] = (), root: Path | None = None) -> str:
+    """The results table: our rows, then the AdaLoRA paper's published rows; then the runs with a NaN metric
+    and the skipped runs (path, relative to ``root`` if given, and reason), one line each."""
     head = ["method", "rank", *(TASK_HEADERS[t] for t in TASKS), "Avg", "Avg over"]
     lines = [
         "# GLUE dev results",
@@ -214,7 +296,9 @@ def markdown(rows: dict[tuple[str, str], dict[str, Cell]], merged: bool = True) 
         "brackets; the dev-set metric after the final epoch (MNLI: matched/mismatched, QQP: accuracy/F1, "
         "CoLA: Matthews correlation, STS-B: Pearson, others: accuracy). Avg = mean over tasks as in the "
         "AdaLoRA paper (MNLI = mean(m, mm), QQP = mean(acc, F1)), taken only over the tasks present "
-        "(column 'Avg over'). Rows marked *paper* are the AdaLoRA paper's Table 1 (DeBERTaV3-base).",
+        "(column 'Avg over'). Rows marked *paper* are the AdaLoRA paper's Table 1 (DeBERTaV3-base). "
+        "A cell (and its row's Avg) is nan when a seed's metric is NaN, e.g. a correlation of constant "
+        "predictions; those runs are listed below the table.",
         "",
         *(["Each row joins a method with its `_clr` variant (CoLA, STS-B, MRPC, RTE with IVON's custom LR "
            "schedule), and `full` with `full_ivon` (STS-B, fully fine-tuned with IVON), as the scripts split "
@@ -237,6 +321,14 @@ def markdown(rows: dict[tuple[str, str], dict[str, Cell]], merged: bool = True) 
         row += ["/".join(f"{v:.2f}" for v in values[t]) for t in TASKS]
         row += [f"{avg:.2f}", _avg_over(TASKS)]
         lines.append("| " + " | ".join(row) + " |")
+    shown = lambda path: _shown(path.relative_to(root) if root else path)  # noqa: E731
+    nan_runs = _runs_with_nan(rows)
+    if nan_runs:
+        lines += ["", "## Runs with a NaN metric", ""]
+        lines += [f"- `{shown(r.path)}`: {', '.join(keys)} is NaN" for r, keys in nan_runs]
+    if skipped:
+        lines += ["", "## Skipped runs", ""]
+        lines += [f"- `{shown(path)}`: {reason}" for path, reason in skipped]
     return "\n".join(lines) + "\n"
 
 
@@ -251,8 +343,8 @@ def csv_rows(rows: dict[tuple[str, str], dict[str, Cell]]) -> list[dict[str, obj
                 continue
             for (metric, _), m, s in zip(TASK_METRICS[t], c.means(), c.stds()):
                 out.append(dict(source="ours", method=key[0], rank=key[1], task=t, metric=metric[5:],
-                                mean=round(m, 4), std="" if math.isnan(s) else round(s, 4), n=c.n,
-                                detail=";".join(sorted(r.seed for r in c.runs))))
+                                mean=round(m, 4), std="" if c.n == 1 else round(s, 4), n=c.n,
+                                detail=";".join(sorted((r.seed for r in c.runs), key=int))))
         avg, present = _avg(cells)
         out.append(dict(source="ours", method=key[0], rank=key[1], task="avg", metric="glue_avg",
                         mean=round(avg, 4), std="", n=len(present), detail=";".join(present)))
@@ -266,6 +358,20 @@ def csv_rows(rows: dict[tuple[str, str], dict[str, Cell]]) -> list[dict[str, obj
     return out
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step: a reader sees the old file or the new one, never half of
+    one, and a symlink at ``path`` is itself replaced (os.replace), so its target is never written."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write summary.md and summary.csv into OUTPUT_ROOT and print the markdown table."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -276,18 +382,24 @@ def main(argv: list[str] | None = None) -> int:
     if not a.output_root.is_dir():
         print(f"summarize: error: {a.output_root} is not a directory", file=sys.stderr)
         return 2
-    runs = find_runs(a.output_root)
+    skipped: list[tuple[Path, str]] = []
+    runs = find_runs(a.output_root, skipped)
     if not runs:
         print(f"summarize: error: no finished runs (all_results.json) under {a.output_root}", file=sys.stderr)
         return 1
     rows = group(runs, merge=not a.no_merge)
-    text = markdown(rows, merged=not a.no_merge)
-    (a.output_root / "summary.md").write_text(text)
+    text = markdown(rows, merged=not a.no_merge, skipped=skipped, root=a.output_root)
     table = csv_rows(rows)
-    with open(a.output_root / "summary.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(table[0]))
-        w.writeheader()
-        w.writerows(table)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(table[0]))
+    w.writeheader()
+    w.writerows(table)
+    try:
+        write_atomic(a.output_root / "summary.md", text)
+        write_atomic(a.output_root / "summary.csv", buf.getvalue())
+    except OSError as e:
+        print(f"summarize: error: cannot write into {a.output_root}: {e}", file=sys.stderr)
+        return 2
     print(text, end="")
     return 0
 

@@ -8,6 +8,9 @@ each with its output directory::
 
 Run as a program, it prints one run per line: the output directory, then the training arguments, joined
 by the ASCII unit separator (0x1f), so that bash reads them into an array without any quoting rules.
+Hence no word may hold a newline (it would end the line and split one command into two) or 0x1f: such a
+word (a quoted newline in EXTRA_ARGS, a newline in MODEL, GLUE_DIR, OUTPUT_ROOT or an argument) is refused.
+A newline between words of a list knob (TASKS, SEEDS, ...) or of EXTRA_ARGS is only whitespace.
 Bad knobs fail with one line on stderr and exit status 2. Only the standard library is used.
 """
 from __future__ import annotations
@@ -151,6 +154,20 @@ def _row_runs(row: dict[str, str], seeds: list[str], criteria: list[str], output
     return runs
 
 
+def plan_line(run: Run) -> str:
+    """One run as launch.sh reads it: output directory and arguments joined by SEP, on one line.
+
+    PlanError if a word holds a newline (bash would read the rest as another command) or SEP (it would split
+    the word in two).
+    """
+    words = (str(run.output_dir), *run.args)
+    for w in words:
+        if "\n" in w or SEP in w:
+            raise PlanError(f"{w!r} holds a newline or 0x1f, but each command is one line; a newline may only "
+                            "separate words (of TASKS, SEEDS, CRITERIA, RANK, EXTRA_ARGS)")
+    return SEP.join(words)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the runs of a sweep, one per line (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -175,14 +192,15 @@ def main(argv: list[str] | None = None) -> int:
             criteria=_words(a.criteria), output_root=Path(a.output_root), model=a.model,
             glue_dir=a.glue_dir, extra_args=shlex.split(a.extra_args) + a.trailing,
             table=load_table(Path(a.table)))
+        lines = [plan_line(r) for r in runs]
     except (ValueError, OSError) as e:  # PlanError, or unbalanced quotes in EXTRA_ARGS
         print(f"sweep: error: {e}", file=sys.stderr)
         return 2
     if a.criteria and not any(r.criterion for r in runs):
         print(f"sweep: note: CRITERIA is ignored: {a.methods} rows set no criterion "
               "(the *_criterion scripts sweep criteria)", file=sys.stderr)
-    for run in runs:
-        print(SEP.join((str(run.output_dir), *run.args)))
+    for line in lines:
+        print(line)
     return 0
 
 
