@@ -38,6 +38,7 @@ import functools
 import json
 import math
 import os
+import pickle
 import platform
 import random
 import shutil
@@ -701,6 +702,7 @@ class Run:
     out: Path
     n_eval: int = 0                 # dev examples the last evaluation scored (gathered over processes)
     start_means: torch.Tensor | None = None  # IVON: the means this run started from (posterior_stats)
+    resume_rng: dict | None = None  # RNG states read from the checkpoint resumed, set last (restore_rng)
 
     @property
     def peft_model(self):
@@ -1019,8 +1021,25 @@ def _checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=lambda d: int(d.name[5:]))
 
 
+def load_torch_file(path: Path, map_location=None) -> Any:
+    """torch.load restricted to tensors and plain values (weights_only=True), so that a checkpoint or adapter
+    folder someone else wrote can never run code here. Anything else, or an unreadable/truncated file, is bad
+    input named in one line."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UsageError(f"{path}: refusing to load: it holds objects other than tensors and plain values, "
+                         f"which could run code ({str(e).splitlines()[0][:200]})") from None
+    except (EOFError, RuntimeError, OSError, ValueError) as e:
+        raise UsageError(f"{path}: cannot be read: truncated or not a torch file ({type(e).__name__})") from None
+
+
 def _rng_states() -> dict:
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's RNG states as tensors and plain values (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {"python": random.getstate(), "torch": torch.get_rng_state(),
+              "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                        "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -1042,8 +1061,10 @@ def seed_process(seed: int, rank: int) -> None:
 
 
 def _set_rng_states(states: dict) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in states["python"]))
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -1094,16 +1115,27 @@ def save_checkpoint(run: Run, state: TrainState) -> Path:
     return final
 
 
-def restore_rng(run: Run, path: Path) -> None:
-    """Set this process's RNG state from checkpoint `path`. A process the checkpoint has no file for (it was
-    written by fewer processes) gets a stream derived from the seed and the step instead."""
+def read_rng(run: Run, path: Path) -> dict | None:
+    """This process's RNG states in checkpoint `path` (None if it has no file for this process: it was written
+    by fewer processes). Read with the rest of the checkpoint, before anything is written; set last."""
     f = path / _rng_file(run.accelerator.process_index)
-    if f.is_file():
-        _set_rng_states(torch.load(f, weights_only=False))
+    if not f.is_file():
+        return None
+    states = load_torch_file(f)
+    if not (isinstance(states, dict) and {"python", "numpy", "torch"} <= set(states)):
+        raise UsageError(f"{f}: not an RNG state file of this script")
+    return states
+
+
+def restore_rng(run: Run, path: Path, states: dict | None) -> None:
+    """Set this process's RNG state from `read_rng`'s result. A process the checkpoint has no file for gets a
+    stream derived from the seed and the step instead."""
+    if states is not None:
+        _set_rng_states(states)
         return
     saved = json.loads((path / "state.json").read_text())
-    print(f"note: {path} has no {f.name} (written by fewer processes); process {run.accelerator.process_index} "
-          "continues with a fresh RNG stream", file=sys.stderr)
+    print(f"note: {path} has no {_rng_file(run.accelerator.process_index)} (written by fewer processes); process "
+          f"{run.accelerator.process_index} continues with a fresh RNG stream", file=sys.stderr)
     seed_process(saved["seed"] + saved["completed_steps"], run.accelerator.process_index)
 
 
@@ -1118,7 +1150,7 @@ def load_checkpoint(run: Run, path: Path) -> TrainState:
     model = run.peft_model
     # torch.load restores only "cpu" (not the "cpu:<rank>" devices of CPU processes) or an accelerator device
     device = "cpu" if run.accelerator.device.type == "cpu" else run.accelerator.device
-    weights = torch.load(path / "model.pt", map_location=device, weights_only=False)
+    weights = load_torch_file(path / "model.pt", map_location=device)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if unexpected or (trainable - set(weights)):
@@ -1126,15 +1158,15 @@ def load_checkpoint(run: Run, path: Path) -> TrainState:
                          f" unexpected {unexpected[:3]}); resume with the flags of the original run")
     # IVON keeps its hess/momentum buffers in param_groups, which torch does not move; AdamW wants CPU step counts.
     opt_device = device if run.ivon is not None else "cpu"
-    run.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=opt_device, weights_only=False))
-    run.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    run.optimizer.load_state_dict(load_torch_file(path / "optimizer.pt", map_location=opt_device))
+    run.scheduler.load_state_dict(load_torch_file(path / "scheduler.pt"))
     if run.adaptive:
-        model.base_model.load_allocator_state_dict(
-            torch.load(path / "allocator.pt", map_location=device, weights_only=False))
+        model.base_model.load_allocator_state_dict(load_torch_file(path / "allocator.pt", map_location=device))
     if run.ivon is not None and (path / "start_means.pt").is_file():
-        run.start_means = torch.load(path / "start_means.pt", weights_only=True)
+        run.start_means = load_torch_file(path / "start_means.pt")
     if (path / "scaler.pt").exists() and run.accelerator.scaler is not None:
-        run.accelerator.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=False))
+        run.accelerator.scaler.load_state_dict(load_torch_file(path / "scaler.pt"))
+    run.resume_rng = read_rng(run, path)
     return state
 
 
@@ -1168,31 +1200,51 @@ def ivon_state_by_name(run: Run) -> dict[str, dict[str, torch.Tensor]]:
     return result
 
 
+# IVON state files beside a saved adapter, in the order they are looked for: ours, then the original code's
+# (ivon_hessian_resized.state for AdaLoRA/VILoRA, ivon_hessian.state otherwise).
+IVON_STATE_FILES = ("ivon_state.pt", "ivon_hessian_resized.state", "ivon_hessian.state")
+
+
+def find_ivon_state(folder: Path) -> Path | None:
+    """The IVON state file saved with the adapter in `folder`, or None."""
+    return next((folder / n for n in IVON_STATE_FILES if (folder / n).is_file()), None)
+
+
+def read_ivon_state(path: Path) -> dict:
+    """A saved IVON state, safely: ours ({ess, weight_decay, params: {name: {hess, momentum}}}) or the original
+    code's ({hess: one flat tensor in parameter order, ess, weight_decay, numel})."""
+    saved = load_torch_file(path, map_location="cpu")
+    ours = isinstance(saved, dict) and isinstance(saved.get("params"), dict)
+    fork = isinstance(saved, dict) and isinstance(saved.get("hess"), torch.Tensor) and saved["hess"].dim() == 1
+    if not (ours or fork) or not isinstance(saved.get("ess"), (int, float)):
+        raise UsageError(f"{path}: not an IVON state file (expected ess and a Hessian per parameter or one flat "
+                         "Hessian)")
+    return saved
+
+
 def load_ivon_state(run: Run, path: Path) -> None:
     """Continue IVON from a saved adapter: copy its Hessian into the matching params (the fork restored hess
-    only; momentum and the step counter start afresh, as a new run's would)."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    for name, p in run.peft_model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if name not in saved["params"] or saved["params"][name]["hess"].shape != p.shape:
-            raise UsageError(f"{path}: no IVON Hessian of shape {tuple(p.shape)} for {name}; was it saved with "
-                             "this adapter?")
-        run.ivon.param_state(p)["hess"].copy_(saved["params"][name]["hess"])
+    only; momentum and the step counter start afresh, as a new run's would). The original code's flat Hessian
+    is laid out in parameter order, as IVON's own state is."""
+    saved = read_ivon_state(path)
+    params = [(n, p) for n, p in run.peft_model.named_parameters() if p.requires_grad]
+    if "params" in saved:
+        for name, p in params:
+            hess = saved["params"].get(name, {}).get("hess")
+            if not isinstance(hess, torch.Tensor) or hess.shape != p.shape:
+                raise UsageError(f"{path}: no IVON Hessian of shape {tuple(p.shape)} for {name}; was it saved with "
+                                 "this adapter?")
+            run.ivon.param_state(p)["hess"].copy_(hess)
+    else:
+        flat, total = saved["hess"], sum(p.numel() for _, p in params)
+        if flat.numel() != total:
+            raise UsageError(f"{path}: its Hessian has {flat.numel()} elements, the adapter's trainable parameters "
+                             f"{total}; was it saved with this adapter?")
+        for (_, p), hess in zip(params, flat.split([p.numel() for _, p in params])):
+            run.ivon.param_state(p)["hess"].copy_(hess.view_as(p))
     ess = run.ivon.param_groups[0].get("ess")
     if ess is not None and saved.get("ess") != ess:
         run.accelerator.print(f"note: {path.name} was trained with ess={saved.get('ess')}, this run uses ess={ess}")
-
-
-def _saved_ess(args: argparse.Namespace) -> float:
-    """IVON's ess for evaluating a saved adapter: --ivon_ess, else the one it was trained with."""
-    if args.ivon_ess:
-        return args.ivon_ess
-    saved = Path(args.lora_path or "") / "ivon_state.pt"
-    if args.lora_path is None or not saved.is_file():
-        raise UsageError("--eval_only with --ivon_infer_mc_samples needs --lora_path with an ivon_state.pt "
-                         "(or --ivon_ess)")
-    return torch.load(saved, map_location="cpu", weights_only=False)["ess"]
 
 
 def _save_pretrained_atomic(obj, out: Path) -> None:
@@ -1319,6 +1371,7 @@ def _setup(args: argparse.Namespace) -> tuple[Run, TrainState, Path | None]:
                              f"total steps {plan.max_train_steps} - tfinal {cfg.tfinal}")
     if kind == "vilora":
         args.use_ivon = True
+    saved_ivon = find_ivon_state(Path(args.lora_path)) if args.lora_path is not None and args.use_ivon else None
     tokenized = tokenize_splits(args, raw, tokenizer, label_to_id)
     collator = default_data_collator if args.pad_to_max_length else DataCollatorWithPadding(
         tokenizer, pad_to_multiple_of=8 if args.mixed_precision in ("fp16", "bf16") else None)
@@ -1336,7 +1389,12 @@ def _setup(args: argparse.Namespace) -> tuple[Run, TrainState, Path | None]:
         # shards itself; plan_steps already counts updates of the global batch.
         model, optimizer = accelerator.prepare(model, optimizer)
     elif args.use_ivon and args.ivon_infer_mc_samples > 0:  # predictive evaluation of a saved adapter
-        optimizer = build_optimizer(args, model, _saved_ess(args), accelerator.device, sync=world > 1)
+        if saved_ivon is None:
+            raise UsageError("--eval_only with --ivon_infer_mc_samples samples the trained posterior: give "
+                             "--lora_path with the adapter's IVON state (" + " or ".join(IVON_STATE_FILES) +
+                             "); without one the samples would come from hess_init")
+        ess = args.ivon_ess or read_ivon_state(saved_ivon)["ess"]  # the one it was trained with
+        optimizer = build_optimizer(args, model, ess, accelerator.device, sync=world > 1)
         model, optimizer = accelerator.prepare(model, optimizer)
     else:
         model = accelerator.prepare(model)
@@ -1353,11 +1411,11 @@ def _setup(args: argparse.Namespace) -> tuple[Run, TrainState, Path | None]:
         run.peft_model.peft_config["default"].total_step = plan.max_train_steps  # after prepare, as the fork
         run.peft_model.base_model.set_optimizer(optimizer)
     if ivon_opt is not None and args.lora_path is not None:
-        saved = Path(args.lora_path) / "ivon_state.pt"
-        if saved.is_file():
-            load_ivon_state(run, saved)
+        if saved_ivon is not None:
+            load_ivon_state(run, saved_ivon)
         else:
-            accelerator.print(f"note: {args.lora_path} has no ivon_state.pt; IVON's Hessian starts at hess_init")
+            accelerator.print(f"note: {args.lora_path} has no IVON state ({', '.join(IVON_STATE_FILES)}); IVON's "
+                              "Hessian starts at hess_init")
     if ivon_opt is not None and not args.eval_only:
         run.start_means = trainable_flat(run)  # a checkpoint's copy replaces it below
     state = load_checkpoint(run, resume) if resume else \
@@ -1440,7 +1498,7 @@ def main(argv: list[str] | None = None) -> int:
     acc = run.accelerator
     log = _prepare_output_dir(run, state, resume)
     if resume is not None:
-        restore_rng(run, resume)  # last, so nothing consumes it first
+        restore_rng(run, resume, run.resume_rng)  # last, so nothing consumes it first
         acc.print(f"resumed from {resume} at update {state.completed_steps}")
     else:
         seed_process(state.seed, acc.process_index)

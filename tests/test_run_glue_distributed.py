@@ -104,7 +104,7 @@ def test_vilora_ivon_processes_hold_one_posterior(vilora_run):
 
     # what the main process wrote is that common state
     assert json.loads((out / "rank_pattern.json").read_text()) == d0["rank_pattern"]
-    saved = torch.load(out / "ivon_state.pt", weights_only=False)["params"]
+    saved = torch.load(out / "ivon_state.pt", weights_only=True)["params"]
     kept = {n for n in saved if ".lora_" not in n}  # heads are not resized: compare them directly
     assert kept and all(torch.equal(saved[n]["hess"], d0["ivon"][n]["hess"]) for n in kept)
     adapter = load_file(out / "adapter_model.safetensors")

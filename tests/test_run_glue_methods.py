@@ -93,7 +93,7 @@ def test_custom_schedule_with_ivon_sets_absolute_lrs(tiny, tmp_path):
 def test_continue_from_saved_adapter_with_ivon_hessian(tiny, tmp_path, monkeypatch):
     first = tmp_path / "first"
     assert _run(tiny, first, "--apply_lora", "--lora_type", "vilora", *ADALORA, "--learning_rate", "0.05") == 0
-    saved = torch.load(first / "ivon_state.pt", weights_only=False)
+    saved = torch.load(first / "ivon_state.pt", weights_only=True)
     checked = {}
     real = rg.load_ivon_state
 
@@ -154,3 +154,65 @@ def test_eval_only_ivon_predictive_from_saved_adapter(tiny, tmp_path, monkeypatc
     res = read_results(out)
     assert res["use_ivon"] is True and res["train_steps"] == 0 and calls == [False] * (2 * 3)
     assert not (out / "ivon_state.pt").exists() and not (out / "adapter_model.safetensors").exists()
+
+
+def _as_original_code_saved_it(folder, name="ivon_hessian_resized.state"):
+    """Replace our ivon_state.pt by the original code's file: one flat Hessian in parameter order, int ess."""
+    ours = torch.load(folder / "ivon_state.pt", weights_only=True)
+    flat = torch.cat([st["hess"].reshape(-1) for st in ours["params"].values()])  # saved in parameter order
+    torch.save({"hess": flat, "ess": int(ours["ess"]), "weight_decay": ours["weight_decay"], "numel": flat.numel()},
+               folder / name)
+    (folder / "ivon_state.pt").unlink()
+    return ours
+
+
+def test_continue_and_evaluate_from_the_original_codes_hessian_file(tiny, tmp_path, monkeypatch):
+    """An adapter folder written by the original fork (ivon_hessian_resized.state) is continued with its Hessian
+    and evaluated with its posterior (its ess), not sampled from hess_init."""
+    import ivon
+    first = tmp_path / "first"
+    assert _run(tiny, first, "--apply_lora", "--lora_type", "vilora", *ADALORA, "--learning_rate", "0.05") == 0
+    ours = _as_original_code_saved_it(first)
+    seen = {}
+    real = rg.load_ivon_state
+
+    def spy(run, path):
+        real(run, path)
+        seen["file"] = path.name
+        for name, p in run.peft_model.named_parameters():
+            if p.requires_grad:
+                assert torch.equal(run.ivon.param_state(p)["hess"], ours["params"][name]["hess"]), name
+
+    monkeypatch.setattr(rg, "load_ivon_state", spy)
+    assert _run(tiny, tmp_path / "second", "--apply_lora", "--lora_path", str(first), "--learning_rate", "0.05") == 0
+    assert seen == {"file": "ivon_hessian_resized.state"}
+    built = []
+    real_init = ivon.IVON.__init__
+    monkeypatch.setattr(ivon.IVON, "__init__", lambda self, *a, **k: built.append(k["ess"]) or real_init(self, *a, **k))
+    seen.clear()
+    assert _run(tiny, tmp_path / "eval", "--apply_lora", "--lora_path", str(first), "--eval_only",
+                "--ivon_infer_mc_samples", "2") == 0
+    assert seen == {"file": "ivon_hessian_resized.state"} and built == [48]  # ess = the 48 training examples
+
+
+def test_mc_evaluation_without_a_saved_posterior_is_refused(tiny, tmp_path, capsys):
+    first = tmp_path / "first"
+    assert _run(tiny, first, "--apply_lora", "--lora_type", "vilora", *ADALORA, "--learning_rate", "0.05") == 0
+    (first / "ivon_state.pt").unlink()
+    capsys.readouterr()
+    out = tmp_path / "eval"
+    assert _run(tiny, out, "--apply_lora", "--lora_path", str(first), "--eval_only", "--ivon_infer_mc_samples", "2",
+                "--ivon_ess", "100") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err) and err[-1].startswith("run_glue_no_trainer.py: error: --eval_only")
+    assert "ivon_hessian_resized.state" in err[-1] and "hess_init" in err[-1]
+    assert not out.exists()
+
+
+def test_a_mismatched_original_hessian_file_is_bad_input(tiny, tmp_path, capsys):
+    first = tmp_path / "first"
+    assert _run(tiny, first, "--apply_lora", "--lora_type", "vilora", *ADALORA, "--learning_rate", "0.05") == 0
+    torch.save({"hess": torch.ones(7), "ess": 48, "weight_decay": 1e-8, "numel": 7}, first / "ivon_state.pt")
+    capsys.readouterr()
+    assert _run(tiny, tmp_path / "second", "--apply_lora", "--lora_path", str(first), "--learning_rate", "0.05") == 2
+    assert "its Hessian has 7 elements" in capsys.readouterr().err

@@ -81,8 +81,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny, tmp_path, case):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     if case == "vilora_ivon":
         assert (ref / "rank_pattern.json").read_text() == (killed / "rank_pattern.json").read_text()
-        sa = torch.load(ref / "ivon_state.pt", weights_only=False)["params"]
-        sb = torch.load(killed / "ivon_state.pt", weights_only=False)["params"]
+        sa = torch.load(ref / "ivon_state.pt", weights_only=True)["params"]
+        sb = torch.load(killed / "ivon_state.pt", weights_only=True)["params"]
         assert all(torch.equal(sa[n][k], sb[n][k]) for n in sa for k in sa[n])
     cfg = json.loads((killed / "run_config.json").read_text())
     assert cfg["resumed_from"].endswith("step_6") or cfg["resumed_from"].endswith("step_9")
