@@ -194,6 +194,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--report_to", default="all", choices=("all", "tensorboard", "wandb"))
     g.add_argument("--project_prefix", default="glue_no_trainer_vilora_")
     g.add_argument("--eval_only", action="store_true")
+    g.add_argument("--push_to_hub", action="store_true",
+                   help="upload the outputs (adapter or model, tokenizer, results; not checkpoints) to a Hub model "
+                        "repository when training ends; the login is checked before training starts")
+    g.add_argument("--hub_model_id", default=None,
+                   help="the repository to push to (default: <your user>/<output_dir's name>)")
+    g.add_argument("--hub_token", default=None, help="Hub token (default: the saved login, or HF_TOKEN)")
 
     g = p.add_argument_group("LoRA / AdaLoRA / VILoRA")
     g.add_argument("--apply_lora", action="store_true")
@@ -596,6 +602,12 @@ def build_model(args, num_labels: int, label_names: list[str] | None):
         config.id2label = dict(enumerate(label_names))
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, use_fast=not args.use_slow_tokenizer,
                                               trust_remote_code=args.trust_remote_code)
+    if tokenizer.pad_token is None:  # GPT-2 style tokenizers: pad with the end-of-text token, as the original did
+        if tokenizer.eos_token is None:
+            raise UsageError(f"the tokenizer of {args.model_name_or_path} has neither a pad nor an eos token; "
+                             "batches cannot be padded")
+        tokenizer.pad_token = tokenizer.eos_token
+        config.pad_token_id = tokenizer.pad_token_id
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             args.model_name_or_path, config=config, ignore_mismatched_sizes=args.ignore_mismatched_sizes,
@@ -703,6 +715,7 @@ class Run:
     n_eval: int = 0                 # dev examples the last evaluation scored (gathered over processes)
     start_means: torch.Tensor | None = None  # IVON: the means this run started from (posterior_stats)
     resume_rng: dict | None = None  # RNG states read from the checkpoint resumed, set last (restore_rng)
+    hub_repo: str | None = None     # --push_to_hub: the repository, created before training
 
     @property
     def peft_model(self):
@@ -1318,6 +1331,37 @@ def run_config(args: argparse.Namespace, seed: int) -> dict:
             "start_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+# ----------------------------------------------------------------------------------------------- Hub
+def hub_repository(args: argparse.Namespace) -> str | None:
+    """With --push_to_hub: log in and create the repository now, before training, so that a missing login, a
+    bad token or no network is one line up front rather than an error after hours of training. Returns the
+    repository id (None without --push_to_hub)."""
+    if not args.push_to_hub:
+        return None
+    if any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE",
+                                                                                 "TRANSFORMERS_OFFLINE")):
+        raise UsageError("--push_to_hub needs the Hub, but HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set; unset it "
+                         "or drop --push_to_hub")
+    from huggingface_hub import HfApi
+    api = HfApi(token=args.hub_token)
+    try:
+        user = api.whoami()["name"]
+        repo = args.hub_model_id or f"{user}/{Path(args.output_dir).resolve().name}"
+        api.create_repo(repo, exist_ok=True)
+    except Exception as e:  # no login, a bad token, no network, no permission: all stop the run here
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise UsageError(f"--push_to_hub: cannot log in to the Hub or create the repository ({type(e).__name__}: "
+                         f"{first}); check --hub_token (or `hf auth login`), --hub_model_id and the network") from None
+    return repo
+
+
+def push_outputs(args: argparse.Namespace, repo: str, out: Path) -> None:
+    """Upload the finished run's outputs to `repo` (checkpoints, locks and hidden temp files stay local)."""
+    from huggingface_hub import HfApi
+    HfApi(token=args.hub_token).upload_folder(repo_id=repo, folder_path=str(out), commit_message="End of training",
+                                              ignore_patterns=["checkpoints/**", ".*", "**/.*"])
+
+
 # ----------------------------------------------------------------------------------------------- main
 def _resume_point(args: argparse.Namespace, out: Path) -> Path | None:
     """The checkpoint folder to resume from: --resume_from_checkpoint PATH, or the newest one for 'latest'
@@ -1420,6 +1464,7 @@ def _setup(args: argparse.Namespace) -> tuple[Run, TrainState, Path | None]:
         run.start_means = trainable_flat(run)  # a checkpoint's copy replaces it below
     state = load_checkpoint(run, resume) if resume else \
         TrainState(seed=seed, train_batch_size=args.per_device_train_batch_size * world)
+    run.hub_repo = hub_repository(args)  # last: everything local is known to be fine
     return run, state, resume
 
 
@@ -1524,6 +1569,14 @@ def main(argv: list[str] | None = None) -> int:
     acc.wait_for_everyone()  # no process exits before the outputs are complete
     if args.with_tracking or acc.num_processes > 1:
         acc.end_training()  # ends trackers and the process group
+    if run.hub_repo is not None and acc.is_main_process:
+        try:
+            push_outputs(args, run.hub_repo, run.out)
+        except Exception as e:
+            print(f"run_glue_no_trainer.py: error: the run finished and its outputs are in {run.out}, but pushing "
+                  f"them to {run.hub_repo} failed ({type(e).__name__}: {str(e)[:200]})", file=sys.stderr)
+            return 1
+        acc.print(f"pushed {run.out} to https://huggingface.co/{run.hub_repo}")
     return 0
 
 
