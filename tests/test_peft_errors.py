@@ -76,3 +76,20 @@ def test_no_default_targets_and_bad_config_files(tmp_path):
     (tmp_path / "adapter_config.json").write_text('{"peft_type": "IA3"}')
     with pytest.raises(ValueError, match="unsupported peft_type 'IA3'"):
         PeftConfig.from_pretrained(str(tmp_path))
+
+
+def test_pathological_target_modules_regex_cannot_hang(monkeypatch):
+    """'(.|.)*Z' backtracks exponentially in Python's re (2^50 paths on a 50-character module path); an adapter
+    config from someone else must not hang the run: the match is bounded in time."""
+    import time
+
+    import peft.targets as targets
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="matched no module"):
+        get_peft_model(tiny_deberta(), LoraConfig(target_modules=r"(.|.)*Z"))
+    assert time.perf_counter() - start < 10
+    monkeypatch.setattr(targets, "REGEX_TIMEOUT_S", 1e-9)  # a pattern the engine cannot finish in time
+    with pytest.raises(ValueError, match="catastrophic backtracking"):
+        get_peft_model(tiny_deberta(), LoraConfig(target_modules=r"(?:(.|..)*)*Z"))
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        get_peft_model(tiny_deberta(), LoraConfig(target_modules=r"(query"))

@@ -7,7 +7,7 @@ are never adapted: they are trained as full copies instead (current PEFT behavio
 """
 from __future__ import annotations
 
-import re
+import regex
 from typing import Optional, Union
 
 from torch import nn
@@ -63,10 +63,29 @@ def default_target_modules(model_type: Optional[str], adaptive: bool) -> list[st
     return list(table[model_type])
 
 
+# Regexes come from adapter_config.json files that people share (target_modules, rank/alpha pattern keys).
+# Python's `re` backtracks exponentially on patterns such as "(.|.)*Z", which would hang a run; the `regex`
+# engine is re-compatible, handles most such patterns quickly and, where it cannot, gives up after this long.
+REGEX_TIMEOUT_S = 1.0
+
+
+def bounded_fullmatch(pattern: str, text: str, what: str = "target_modules") -> bool:
+    """``re.fullmatch(pattern, text) is not None``, except that an invalid pattern, or one that runs longer than
+    ``REGEX_TIMEOUT_S`` on ``text``, raises ValueError naming ``what`` instead of hanging."""
+    try:
+        return regex.fullmatch(pattern, text, timeout=REGEX_TIMEOUT_S) is not None
+    except regex.error as e:
+        raise ValueError(f"{what} {pattern!r} is not a valid regular expression ({e})") from None
+    except TimeoutError:
+        raise ValueError(f"{what} regex {pattern!r} ran over {REGEX_TIMEOUT_S:g} s on {text!r} (catastrophic "
+                         "backtracking); use a simpler pattern or a list of names") from None
+
+
 def matches_target(path: str, target_modules: Union[list[str], str]) -> bool:
-    """True if module ``path`` is selected by ``target_modules`` (list: name or ``.name`` suffix; str: fullmatch)."""
+    """True if module ``path`` is selected by ``target_modules`` (list: name or ``.name`` suffix; str: fullmatch,
+    bounded in time)."""
     if isinstance(target_modules, str):
-        return re.fullmatch(target_modules, path) is not None
+        return bounded_fullmatch(target_modules, path)
     return any(path == name or path.endswith("." + name) for name in target_modules)
 
 

@@ -12,7 +12,6 @@ Injection (SPEC A.2, A.7, A.8):
 from __future__ import annotations
 
 import contextlib
-import re
 import warnings
 from typing import Any, Iterator, Optional
 
@@ -21,7 +20,7 @@ from torch import nn
 from .config import LoraConfig
 from .lora import AdapterLayer, LoraLinear, _conv1d_class
 from .modules_to_save import ModulesToSaveWrapper
-from .targets import default_target_modules, find_targets
+from .targets import bounded_fullmatch, default_target_modules, find_targets
 
 
 def _parent_and_name(model: nn.Module, path: str) -> tuple[nn.Module, str]:
@@ -32,7 +31,7 @@ def _parent_and_name(model: nn.Module, path: str) -> tuple[nn.Module, str]:
 def pattern_value(patterns: Optional[dict], path: str, default: Any) -> Any:
     """Value of the first key of ``patterns`` that matches the end of ``path`` as a regex (PEFT semantics)."""
     for key, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?(?:{key})$", path):
+        if bounded_fullmatch(rf"(.*\.)?(?:{key})", path, what="pattern key"):
             return value
     return default
 
