@@ -315,6 +315,45 @@ def validate_args(args: argparse.Namespace) -> None:
                          "to continue it or --overwrite_output_dir to start over")
 
 
+def check_settings(args: argparse.Namespace) -> None:
+    """Check every number and setting the libraries will be given, by the libraries' own rules, before any
+    data or model is loaded: the adapter config (peft: ranks, alpha, dropout, criterion, orth weight), IVON's
+    hyperparameters (ivon), AdamW's learning rate and weight decay (torch), and every learning rate the custom
+    schedule will set (by the optimizer's rule). NaN and inf are refused wherever a number is taken."""
+    odd = [k for k, v in vars(args).items() if isinstance(v, float) and not math.isfinite(v)]
+    if odd:
+        raise UsageError(f"--{odd[0]} must be a finite number, got {getattr(args, odd[0])}")
+    if args.apply_lora and args.lora_path is None:
+        try:
+            adapter_config(args)
+        except ValueError as e:
+            raise UsageError(f"adapter settings: {e}") from None
+    lrs = {"lr_schedule_first_lr": args.lr_schedule_first_lr, "lr_schedule_second_lr": args.lr_schedule_second_lr,
+           "lr_schedule_end_lr": args.lr_schedule_end_lr} if args.use_custom_lr_schedule else \
+        {"learning_rate": args.learning_rate}
+    if args.use_ivon or (args.apply_lora and args.lora_type == "vilora"):
+        import ivon
+        hyper = dict(hess_init=args.ivon_hess_init, beta1=args.ivon_beta1, beta2=args.ivon_beta2,
+                     weight_decay=args.ivon_weight_decay, mc_samples=args.ivon_train_mc_samples,
+                     clip_radius=args.ivon_clip_radius) | ({"ess": args.ivon_ess} if args.ivon_ess else {})
+        try:
+            ivon.check_hyperparameters(**hyper)
+            for flag, lr in lrs.items():
+                try:
+                    ivon.check_hyperparameters(lr=lr)
+                except ValueError as e:
+                    raise ValueError(f"--{flag}: {e}") from None
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        return
+    probe = [torch.nn.Parameter(torch.zeros(1))]
+    for flag, lr in lrs.items():
+        try:
+            torch.optim.AdamW(probe, lr=lr, weight_decay=args.weight_decay)
+        except ValueError as e:
+            raise UsageError(f"AdamW: --{flag} {lr:g} / --weight_decay {args.weight_decay:g}: {e}") from None
+
+
 def _importable(module: str) -> bool:
     import importlib.util
     return importlib.util.find_spec(module) is not None
@@ -536,10 +575,7 @@ def plan_steps(args: argparse.Namespace, n_train: int, num_processes: int = 1) -
     total = args.max_train_steps or args.num_train_epochs * per_epoch
     plan = StepPlan(batches, per_epoch, total, math.ceil(total / per_epoch))
     if args.apply_lora and args.lora_type in ("adalora", "vilora") and args.lora_path is None:
-        if args.adalora_tinit >= total - args.adalora_tfinal:
-            raise UsageError(f"AdaLoRA schedule impossible: --adalora_tinit {args.adalora_tinit} must be below total "
-                             f"steps {total} - --adalora_tfinal {args.adalora_tfinal} = {total - args.adalora_tfinal}; "
-                             "lower tinit/tfinal or train longer")
+        check_budget_schedule(adapter_config(args), total, "--adalora_tinit/--adalora_tfinal/--adalora_delta_t")
     if args.use_custom_lr_schedule:
         const_end = custom_schedule_const_end(args, per_epoch)
         if const_end >= total:
@@ -548,6 +584,16 @@ def plan_steps(args: argparse.Namespace, n_train: int, num_processes: int = 1) -
             raise UsageError(f"custom LR schedule: the constant phase ends at step {const_end:g} ({flag}), not "
                              f"before the last step {total}; lower it or train longer")
     return plan
+
+
+def check_budget_schedule(config, total_steps: int, source: str) -> None:
+    """peft's rule for an AdaLoRA/VILoRA budget schedule of `total_steps` updates (a budgeting phase must fit
+    between tinit and the final phase; tinit/tfinal >= 0, deltaT >= 1), as bad input naming `source`."""
+    config = dataclasses.replace(config, total_step=total_steps)
+    try:
+        config.validate_schedule()
+    except ValueError as e:
+        raise UsageError(f"AdaLoRA schedule impossible ({source}): {e}") from None
 
 
 def build_scheduler(args, optimizer, plan: StepPlan):
@@ -595,8 +641,16 @@ FLOAT32 = {"dtype" if tuple(map(int, transformers.__version__.split(".")[:2])) >
 
 def build_model(args, num_labels: int, label_names: list[str] | None):
     """Tokenizer and classifier; wrapped with the adapter when --apply_lora (optionally loaded from --lora_path)."""
-    config = AutoConfig.from_pretrained(args.model_name_or_path, num_labels=num_labels,
-                                        finetuning_task=args.task_name, trust_remote_code=args.trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(args.model_name_or_path, num_labels=num_labels,
+                                            finetuning_task=args.task_name, trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise UsageError(f"--model_name_or_path {args.model_name_or_path}: cannot load its config ({first})") from None
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions and getattr(config, "position_biased_input", True) and args.max_length > positions:
+        raise UsageError(f"--max_length {args.max_length} exceeds the {positions} positions of "
+                         f"{args.model_name_or_path}; use --max_length {positions} or less")
     if label_names:
         config.label2id = {n: i for i, n in enumerate(label_names)}
         config.id2label = dict(enumerate(label_names))
@@ -630,12 +684,23 @@ def build_model(args, num_labels: int, label_names: list[str] | None):
         return model, tokenizer
     import peft
     if args.lora_path is None:
-        return peft.get_peft_model(model, adapter_config(args)), tokenizer
-    saved = peft.PeftConfig.from_pretrained(args.lora_path)
+        try:
+            return peft.get_peft_model(model, adapter_config(args)), tokenizer
+        except ValueError as e:  # e.g. target modules that match nothing
+            raise UsageError(f"adapter: {e}") from None
+    try:
+        saved = peft.PeftConfig.from_pretrained(args.lora_path)
+    except (ValueError, TypeError, KeyError, OSError) as e:
+        raise UsageError(f"--lora_path {args.lora_path}: adapter_config.json is not a valid adapter config "
+                         f"({type(e).__name__}: {str(e)[:300]})") from None
     # Trainable even for --eval_only: IVON's predictive evaluation samples the trainable parameters.
     saved.inference_mode = False
-    model = peft.get_peft_model(model, saved)
-    model.load_adapter(args.lora_path, "default", is_trainable=True)
+    try:
+        model = peft.get_peft_model(model, saved)
+        model.load_adapter(args.lora_path, "default", is_trainable=True)
+    except Exception as e:  # missing, empty or truncated weights, or weights of another model
+        raise UsageError(f"--lora_path {args.lora_path}: cannot load the adapter onto {args.model_name_or_path} "
+                         f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]})") from None
     return model, tokenizer
 
 
@@ -1409,10 +1474,7 @@ def _setup(args: argparse.Namespace) -> tuple[Run, TrainState, Path | None]:
     model, tokenizer = build_model(args, 1 if is_regression else len(label_names), label_names)
     kind = lora_kind(model)
     if args.apply_lora and kind in ("adalora", "vilora") and args.lora_path is not None and not args.eval_only:
-        cfg = model.peft_config["default"]
-        if cfg.tinit >= plan.max_train_steps - cfg.tfinal:
-            raise UsageError(f"AdaLoRA schedule of {args.lora_path} impossible: tinit {cfg.tinit} must be below "
-                             f"total steps {plan.max_train_steps} - tfinal {cfg.tfinal}")
+        check_budget_schedule(model.peft_config["default"], plan.max_train_steps, f"{args.lora_path}")
     if kind == "vilora":
         args.use_ivon = True
     saved_ivon = find_ivon_state(Path(args.lora_path)) if args.lora_path is not None and args.use_ivon else None
@@ -1531,6 +1593,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         validate_args(args)
+        check_settings(args)
         run, state, resume = _setup(args)
     except AlreadyFinished as e:
         if _is_main_launch():

@@ -25,7 +25,7 @@ def make_tiny_model(path: Path, dropout: float = 0.1, dtype: str = "float32") ->
     tok = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
     tok.save_pretrained(path)
     config = DebertaV2Config(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                             intermediate_size=64, max_position_embeddings=64, relative_attention=True,
+                             intermediate_size=64, max_position_embeddings=512, relative_attention=True,
                              pos_att_type=["c2p", "p2c"], position_buckets=16, max_relative_positions=32,
                              pad_token_id=0, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     torch.manual_seed(0)

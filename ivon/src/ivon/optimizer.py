@@ -178,6 +178,18 @@ def _check_hyperparameter(name: str, value: Any, where: str = "") -> None:
         raise ValueError(f"IVON: invalid {name}{where}: {value!r}; {name} must be {valid}")
 
 
+def check_hyperparameters(**values: Any) -> None:
+    """Raise ValueError, as ``IVON(...)`` would, if any given hyperparameter (``lr``, ``ess``, ``hess_init``,
+    ``beta1``, ``beta2``, ``weight_decay``, ``mc_samples``, ``clip_radius``) is out of its range; NaN is.
+
+    For programs that check their settings before building a model and the optimizer.
+    """
+    for name, value in values.items():
+        if name not in _RANGES:
+            raise ValueError(f"IVON: unknown hyperparameter {name!r}; known: {', '.join(_RANGES)}")
+        _check_hyperparameter(name, value)
+
+
 # Attributes that are neither defaults, state nor param groups, yet must survive copy.deepcopy/pickle.
 _SETTINGS = (
     "mc_samples", "hess_approx", "sync", "debias", "rescale_lr", "current_step", "_numel", "_device", "_dtype",

@@ -198,6 +198,9 @@ class LoraConfig(PeftConfig):
                 raise ValueError(f"unknown task_type {self.task_type!r}; valid: {valid}") from None
         if self.bias != "none":
             raise ValueError(f"bias={self.bias!r} is not supported; only bias='none' is implemented")
+        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) or \
+                not self.lora_alpha > 0:
+            raise ValueError(f"lora_alpha must be a number > 0, got {self.lora_alpha!r}")
         if not 0.0 <= float(self.lora_dropout) < 1.0:
             raise ValueError(f"lora_dropout must lie in [0, 1), got {self.lora_dropout!r}")
         unsupported = {
