@@ -1179,6 +1179,7 @@ def save_checkpoint(run: Run, state: TrainState) -> Path:
             torch.save(run.start_means, tmp / "start_means.pt")
         if acc.scaler is not None:
             torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
+        (tmp / "args.json").write_text(json.dumps(vars(run.args), default=str))
         (tmp / "state.json").write_text(json.dumps(dataclasses.asdict(state)))
     acc.wait_for_everyone()  # every RNG file is in place
     if acc.is_main_process:
@@ -1217,8 +1218,38 @@ def restore_rng(run: Run, path: Path, states: dict | None) -> None:
     seed_process(saved["seed"] + saved["completed_steps"], run.accelerator.process_index)
 
 
+# Flags that may differ when resuming: where and how the run reports, not what it trains; and the per-process
+# batch, since the global batch (per process x processes) is what must match and load_checkpoint compares it.
+# Everything else (task, data, model, method, criterion, ranks, schedules, optimizer settings, seed,
+# evaluation) must match the checkpoint, or the resumed run would silently be another experiment.
+RESUME_MAY_CHANGE = frozenset({"resume_from_checkpoint", "overwrite_output_dir", "output_dir", "with_tracking",
+                               "report_to", "project_prefix", "checkpointing_steps", "push_to_hub", "hub_model_id",
+                               "hub_token", "per_device_train_batch_size"})
+
+
+def check_resumed_args(args: argparse.Namespace, path: Path) -> None:
+    """Refuse to resume checkpoint `path` with flags other than those it was trained with (RESUME_MAY_CHANGE
+    excepted; an omitted --seed means the checkpoint's). Checkpoints of older versions, without args.json,
+    are compared with the run_config.json of their run folder when there is one."""
+    saved_file = path / "args.json"
+    if saved_file.is_file():
+        saved = json.loads(saved_file.read_text())
+    elif (path.parent.parent / "run_config.json").is_file():
+        saved = json.loads((path.parent.parent / "run_config.json").read_text()).get("args", {})
+    else:
+        return
+    now = json.loads(json.dumps(vars(args), default=str))
+    differ = sorted(k for k in now.keys() | saved.keys() if k not in RESUME_MAY_CHANGE and now.get(k) != saved.get(k)
+                    and not (k == "seed" and now.get(k) is None))
+    if differ:
+        shown = ", ".join(f"--{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in differ[:4])
+        raise UsageError(f"checkpoint {path} was trained with other flags ({shown}{', ...' if len(differ) > 4 else ''}"
+                         "); resume with the original flags, or start over with --overwrite_output_dir")
+
+
 def load_checkpoint(run: Run, path: Path) -> TrainState:
     """Restore a checkpoint written by save_checkpoint; the RNG state is restored by the caller, last."""
+    check_resumed_args(run.args, path)
     state = TrainState(**json.loads((path / "state.json").read_text()))
     batch = run.args.per_device_train_batch_size * run.accelerator.num_processes
     if state.train_batch_size is not None and state.train_batch_size != batch:

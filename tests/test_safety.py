@@ -84,3 +84,19 @@ def test_a_truncated_checkpoint_file_is_one_line(trained, tmp_path, capsys):
     capsys.readouterr()
     assert _run(model, glue, tmp_path / "resumed", "--resume_from_checkpoint", ckpt) == 2
     assert "optimizer.pt: cannot be read" in capsys.readouterr().err
+
+
+def test_resuming_with_other_training_flags_is_refused(trained, tmp_path, capsys):
+    """A checkpoint is resumed only with the flags it was trained with (reporting flags may change)."""
+    model, glue, out = trained
+    ckpt = out / "checkpoints" / "step_2"
+    for flags, named in ((["--learning_rate", "0.1"], "--learning_rate 0.05 -> 0.1"),
+                         (["--vilora_criterion", "mean"], "--vilora_criterion 'SNR_mean_abs' -> 'mean'"),
+                         (["--adalora_target_r", "1"], "--adalora_target_r 2 -> 1")):
+        capsys.readouterr()
+        # argparse keeps the last value of a repeated flag, so these override VILORA's
+        assert _run(model, glue, tmp_path / "resumed", "--resume_from_checkpoint", ckpt, *flags) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "trained with other flags" in err and named in err, err
+        assert not (tmp_path / "resumed").exists()
+    assert _run(model, glue, tmp_path / "resumed", "--resume_from_checkpoint", ckpt, "--checkpointing_steps", "1") == 0
