@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import dataclasses
 import functools
 import json
@@ -47,7 +46,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import datasets
 import evaluate as hf_evaluate
@@ -321,12 +320,43 @@ def _importable(module: str) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- data
+# One GLUE row is a sentence or two (the longest line of the GLUE download is under 2 KB): a longer line is not
+# GLUE data, and stopping there keeps a file without line breaks from being read into memory whole.
+MAX_TSV_LINE_BYTES = 1 << 20
+
+
+def _utf8_lines(path: Path, max_bytes: int | None = None) -> Iterator[tuple[int, str]]:
+    """Yield (line number from 1, text without its line break) of a UTF-8 file; a leading BOM is dropped.
+
+    Raises UsageError naming file and line for bytes that are not UTF-8 and, with `max_bytes`, for a line
+    longer than that (read no further than the limit).
+    """
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    with f:
+        for line_no in range(1, sys.maxsize):
+            line = f.readline(max_bytes + 2) if max_bytes else f.readline()  # + 2: room for "\r\n"
+            if not line:
+                return
+            line = line.rstrip(b"\r\n")
+            if max_bytes and len(line) > max_bytes:
+                raise UsageError(f"{path}:{line_no}: line longer than {max_bytes // 2**20} MiB; one row of a GLUE "
+                                 "file is a sentence or two")
+            try:
+                yield line_no, line.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise UsageError(f"{path}:{line_no}: byte 0x{line[e.start]:02x} at column {e.start + 1} is not "
+                                 "valid UTF-8; the file must be UTF-8 text") from None
+
+
 def read_glue_tsv(path: Path, task: str) -> dict[str, list]:
     """Read one GLUE .tsv file into columns of the Hub schema (text columns, ``label``, ``idx``).
 
-    The files are read with quoting off (GLUE text contains unbalanced quotes) and utf-8-sig, which drops
-    the BOM that MRPC's header carries. Labels are mapped to the Hub's ClassLabel ids. Any malformed row
-    raises UsageError naming the file and line.
+    A row is one line split at tabs, with no quoting (GLUE text contains unbalanced quotes). Lines must be
+    UTF-8 (the BOM that MRPC's header carries is dropped) and at most MAX_TSV_LINE_BYTES (1 MiB) long. Labels
+    are mapped to the Hub's ClassLabel ids. Any malformed line raises UsageError naming the file and line.
     """
     has_header, text_cols, label_col = GLUE_TSV[task]
     names = LABEL_NAMES[task]
@@ -336,34 +366,33 @@ def read_glue_tsv(path: Path, task: str) -> dict[str, list]:
         raise UsageError(f"GLUE file not found: {path} (expected the GLUE layout <glue_dir>/{GLUE_FOLDER[task]}/"
                          f"{path.name})")
     columns: dict[str, list] = {c: [] for c in text_cols} | {"label": [], "idx": []}
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        width = None
-        for line_no, row in enumerate(rows, start=1):
-            if has_header and line_no == 1:
-                width = len(row)
-                continue
-            if width is None:
-                width = max(max(text_cols.values()), label_col) + 1
-            if len(row) != width:
-                raise UsageError(f"{path}:{line_no}: expected {width} tab-separated columns, found {len(row)}")
-            raw = row[label_col].strip()
-            if to_id is None:
-                try:
-                    label = float(raw)
-                except ValueError:
-                    label = math.nan
-                if not 0.0 <= label <= 5.0:  # also rejects NaN
-                    raise UsageError(f"{path}:{line_no}: label {raw!r} is not an stsb score (a number from 0 to 5)")
-            elif raw in to_id:
-                label = to_id[raw]
-            else:
-                valid = ", ".join(names) if not raw.isdigit() else ", ".join(map(str, range(len(names))))
-                raise UsageError(f"{path}:{line_no}: label {raw!r} is not a {task} label; valid: {valid}")
-            for col, i in text_cols.items():
-                columns[col].append(row[i])
-            columns["label"].append(label)
-            columns["idx"].append(len(columns["idx"]))
+    width = None
+    for line_no, text in _utf8_lines(path, MAX_TSV_LINE_BYTES):
+        row = text.split("\t") if text else []
+        if has_header and line_no == 1:
+            width = len(row)
+            continue
+        if width is None:
+            width = max(max(text_cols.values()), label_col) + 1
+        if len(row) != width:
+            raise UsageError(f"{path}:{line_no}: expected {width} tab-separated columns, found {len(row)}")
+        raw = row[label_col].strip()
+        if to_id is None:
+            try:
+                label = float(raw)
+            except ValueError:
+                label = math.nan
+            if not 0.0 <= label <= 5.0:  # also rejects NaN
+                raise UsageError(f"{path}:{line_no}: label {raw!r} is not an stsb score (a number from 0 to 5)")
+        elif raw in to_id:
+            label = to_id[raw]
+        else:
+            valid = ", ".join(names) if not raw.isdigit() else ", ".join(map(str, range(len(names))))
+            raise UsageError(f"{path}:{line_no}: label {raw!r} is not a {task} label; valid: {valid}")
+        for col, i in text_cols.items():
+            columns[col].append(row[i])
+        columns["label"].append(label)
+        columns["idx"].append(len(columns["idx"]))
     if not columns["idx"]:
         raise UsageError(f"{path}: no data rows")
     return columns

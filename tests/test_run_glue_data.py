@@ -1,0 +1,76 @@
+"""run_glue_no_trainer.py on hostile data: GLUE .tsv files and custom --train_file/--validation_file.
+
+Every bad input must end the run with exit status 2, exactly one stderr line
+`run_glue_no_trainer.py: error: ...` that names the file (and line, where there is one) and what would be
+valid, and no output directory. Runs call the script's main(argv) in-process on a tiny DeBERTa-v2.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from _run_glue_utils import load_script, make_tiny_model, read_results, write_tiny_glue
+
+rg = load_script()
+PREFIX = "run_glue_no_trainer.py: error: "
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+
+
+def run(model: Path, out: Path, *argv: str) -> int:
+    return rg.main(["--model_name_or_path", str(model), "--output_dir", str(out), "--seed", "0",
+                    "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8", *argv])
+
+
+def refused(capsys, model: Path, out: Path, *argv: str) -> str:
+    """Run with bad input; check status 2, one stderr line with the script's prefix, no output dir; return it."""
+    assert run(model, out, *argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(PREFIX), err
+    assert not out.exists(), "bad input must not write to output_dir"
+    return err[0][len(PREFIX):]
+
+
+# ------------------------------------------------------------------------------------------ GLUE .tsv files
+def _rte(tmp_path: Path) -> tuple[Path, Path, list[bytes]]:
+    glue = write_tiny_glue(tmp_path / "glue", "rte", n_train=10, n_dev=4)
+    path = glue / "RTE" / "train.tsv"
+    return glue, path, path.read_bytes().splitlines(keepends=True)
+
+
+def test_glue_tsv_not_utf8_names_file_and_line(tiny_model, tmp_path, capsys):
+    glue, path, lines = _rte(tmp_path)
+    lines[4] = lines[4].replace(b"cat", b"c\xe9t") if b"cat" in lines[4] else lines[4].replace(b" .", b" \xe9.")
+    path.write_bytes(b"".join(lines))  # Latin-1 e-acute: not UTF-8
+    line = refused(capsys, tiny_model, tmp_path / "o", "--task_name", "rte", "--glue_dir", str(glue))
+    assert line.startswith(f"{path}:5: ") and "not valid UTF-8" in line and "0xe9" in line
+
+
+def test_glue_tsv_oversized_line_names_file_and_line(tiny_model, tmp_path, capsys):
+    glue, path, lines = _rte(tmp_path)
+    # One field just over csv's own field limit (128 KiB) and one over the 1 MiB line limit: both are refused.
+    for size in (200_000, rg.MAX_TSV_LINE_BYTES + 1):
+        big = lines[:2] + [b"7\t" + b"a" * size + b"\tthe cat .\tentailment\n"] + lines[2:]
+        path.write_bytes(b"".join(big))
+        if size > rg.MAX_TSV_LINE_BYTES:
+            line = refused(capsys, tiny_model, tmp_path / "o", "--task_name", "rte", "--glue_dir", str(glue))
+            assert line.startswith(f"{path}:3: ") and "1 MiB" in line
+        else:  # under the line limit the row is read whole, as GLUE would be
+            assert len(rg.read_glue_tsv(path, "rte")["sentence1"][1]) == size
+
+
+def test_glue_tsv_without_line_breaks_is_not_read_whole(tmp_path):
+    path = tmp_path / "train.tsv"
+    path.write_bytes(b"index\tsentence1\tsentence2\tlabel\n" + b"x" * (8 * rg.MAX_TSV_LINE_BYTES))
+    with pytest.raises(rg.UsageError, match=r"train\.tsv:2: line longer than"):
+        rg.read_glue_tsv(path, "rte")
+
+
+def test_glue_tsv_reading_is_unchanged_on_crlf_and_bom(tmp_path):
+    path = tmp_path / "dev.tsv"
+    path.write_bytes("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\r\n1\t1\t2\t\"a b\tc d\r\n".encode())
+    assert rg.read_glue_tsv(path, "mrpc") == {"sentence1": ['"a b'], "sentence2": ["c d"], "label": [1], "idx": [0]}
