@@ -253,6 +253,10 @@ def validate_args(args: argparse.Namespace) -> None:
     """Reject impossible flag combinations before anything is loaded or written (raises UsageError)."""
     if args.task_name is None and args.train_file is None:
         raise UsageError(f"give --task_name (one of {', '.join(TASKS)}) or --train_file/--validation_file")
+    if args.glue_dir is not None and (args.train_file is not None or args.validation_file is not None):
+        # Refused rather than picking one: either choice would silently train on data the user did not mean.
+        raise UsageError("give --glue_dir or --train_file/--validation_file, not both (the files would replace "
+                         "the GLUE data)")
     if args.task_name is None and args.glue_dir is not None:
         raise UsageError("--glue_dir needs --task_name")
     if args.output_dir is None:

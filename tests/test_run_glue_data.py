@@ -74,3 +74,33 @@ def test_glue_tsv_reading_is_unchanged_on_crlf_and_bom(tmp_path):
     path = tmp_path / "dev.tsv"
     path.write_bytes("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\r\n1\t1\t2\t\"a b\tc d\r\n".encode())
     assert rg.read_glue_tsv(path, "mrpc") == {"sentence1": ['"a b'], "sentence2": ["c d"], "label": [1], "idx": [0]}
+
+
+# ------------------------------------------------------------------------------------------ custom files
+def write_csv(path: Path, header: str, rows: list[str]) -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def pair_rows(n: int, label=lambda i: ("yes", "no")[i % 2]) -> list[str]:
+    """csv rows `sentence1,sentence2,label` whose label follows the word good/bad."""
+    return [f"the {'good' if i % 2 == 0 else 'bad'} cat,a dog,{label(i)}" for i in range(n)]
+
+
+@pytest.fixture
+def files(tmp_path) -> tuple[Path, Path]:
+    """A good csv pair of training and validation files."""
+    return (write_csv(tmp_path / "train.csv", "sentence1,sentence2,label", pair_rows(16)),
+            write_csv(tmp_path / "dev.csv", "sentence1,sentence2,label", pair_rows(8)))
+
+
+def custom(train: Path, dev: Path, *argv: str) -> list[str]:
+    return ["--train_file", str(train), "--validation_file", str(dev), "--max_train_steps", "1", *argv]
+
+
+def test_glue_dir_and_custom_files_together_are_refused(tiny_model, tmp_path, files, capsys):
+    glue = write_tiny_glue(tmp_path / "glue", "rte", n_train=10, n_dev=4)
+    line = refused(capsys, tiny_model, tmp_path / "o", "--task_name", "rte", "--glue_dir", str(glue),
+                   *custom(*files))
+    assert "--glue_dir or --train_file/--validation_file, not both" in line
+
