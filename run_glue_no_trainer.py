@@ -417,14 +417,90 @@ def glue_split_names(task: str, with_train: bool = True) -> list[str]:
     return (["train"] if with_train else []) + dev
 
 
+CUSTOM_FILE_FLAGS = {"train": "train_file", "validation": "validation_file"}
+
+
+def _where(args: argparse.Namespace, split: str) -> str:
+    """How messages name a split's source: the flag and file for custom data, else the task's split."""
+    flag = CUSTOM_FILE_FLAGS.get(split)
+    if flag is not None and getattr(args, flag) is not None:
+        return f"--{flag} {getattr(args, flag)}"
+    return f"the {args.task_name} {split} split"
+
+
+def _first_missing(ds: datasets.Dataset, column: str) -> int | None:
+    """Index of the first row whose value is missing (null, NaN or blank text), or None when all are there."""
+    for i, v in enumerate(ds[column]):
+        if v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip()):
+            return i
+    return None
+
+
+def _loader_reason(e: BaseException) -> str:
+    """One line from a loader's exception: datasets wraps the pandas/pyarrow error that says what is wrong."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """Silence datasets' progress bars and logging (a failed json parse logs its own error) for a file read."""
+    level, bars_off = datasets.utils.logging.get_verbosity(), datasets.utils.are_progress_bars_disabled()
+    datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
+    datasets.utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.utils.logging.set_verbosity(level)
+        if not bars_off:
+            datasets.utils.enable_progress_bars()
+
+
+def load_custom_files(args: argparse.Namespace) -> dict[str, datasets.Dataset]:
+    """Read --train_file/--validation_file: csv with a header row, or json (a list of records or json lines),
+    each file in the format of its own extension.
+
+    Each file must be UTF-8 and readable, hold at least one row and a ``label`` column with a value in every
+    row; text columns are checked by `text_columns`, the kind of labels by `label_setup`. Raises UsageError
+    naming the file (and line or data row, counted from 1 without the csv header) otherwise.
+    """
+    files = {s: getattr(args, f) for s, f in CUSTOM_FILE_FLAGS.items() if getattr(args, f) is not None}
+    if "validation" not in files or ("train" not in files and not args.eval_only):
+        raise UsageError("give both --train_file and --validation_file (or --validation_file with --eval_only)")
+    raw = {}
+    for split, path in files.items():
+        where, fmt = _where(args, split), "csv" if path.endswith(".csv") else "json"
+        blank = True
+        for _, text in _utf8_lines(Path(path)):  # the loaders' decode errors name neither line nor file
+            blank = blank and not text.strip()
+        if blank:
+            raise UsageError(f"{where} is empty; it needs a header row and data rows (csv) or records (json)")
+        try:
+            with _quiet_datasets():
+                ds = datasets.load_dataset(fmt, data_files={split: path}, split=split)
+        except Exception as e:  # pandas, pyarrow and datasets errors alike: the file is not what it claims
+            if "corresponds to no data" in str(e):  # datasets' words for a file without rows
+                raise UsageError(f"{where} has no data rows") from None
+            raise UsageError(f"{where} cannot be read as {fmt}: {_loader_reason(e)}") from None
+        if ds.num_rows == 0:
+            raise UsageError(f"{where} has no data rows")
+        if "label" not in ds.column_names:
+            raise UsageError(f"{where} has no 'label' column (columns: {', '.join(ds.column_names)}); custom data "
+                             "needs one: class names or ids, or numbers for regression")
+        row = _first_missing(ds, "label")
+        if row is not None:
+            raise UsageError(f"{where}: data row {row + 1} has no label; every row needs one")
+        raw[split] = ds
+    text_columns(args, raw)  # now, before the model is loaded
+    return raw
+
+
 def load_glue(args: argparse.Namespace) -> dict[str, datasets.Dataset]:
     """Load the run's splits as datasets in the Hub schema: from --glue_dir, the Hub, or --train_file."""
-    if args.train_file is not None or args.validation_file is not None:  # files win; a task picks the metric
-        files = {k: v for k, v in (("train", args.train_file), ("validation", args.validation_file)) if v}
-        if "validation" not in files or ("train" not in files and not args.eval_only):
-            raise UsageError("give both --train_file and --validation_file (or --validation_file with --eval_only)")
-        fmt = "csv" if next(iter(files.values())).endswith(".csv") else "json"
-        return dict(datasets.load_dataset(fmt, data_files=files))
+    if args.train_file is not None or args.validation_file is not None:  # a task picks the metric and labels
+        return load_custom_files(args)
     task, splits = args.task_name, glue_split_names(args.task_name, with_train=not args.eval_only)
     if args.glue_dir is not None:
         folder = Path(args.glue_dir) / GLUE_FOLDER[task]
@@ -462,19 +538,49 @@ def label_setup(args: argparse.Namespace, raw: dict[str, datasets.Dataset]):
     return False, [str(v) for v in values], {v: i for i, v in enumerate(values)}
 
 
+def _is_text(feature) -> bool:
+    return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+
+
+def text_columns(args: argparse.Namespace, raw: dict[str, datasets.Dataset]) -> tuple[str, str | None]:
+    """The one or two columns to tokenize: the task's (TASK_TO_KEYS); for custom data without a task,
+    sentence1 and sentence2 when present, else the first one or two text columns besides label and idx.
+
+    Every split must hold them as text, and custom data a value in every row (else UsageError naming the file).
+    """
+    first = next(iter(raw))
+    cols = [c for c in raw[first].column_names if c not in ("label", "idx")]
+    if args.task_name:
+        keys = TASK_TO_KEYS[args.task_name]
+    elif {"sentence1", "sentence2"} <= set(cols):
+        keys = ("sentence1", "sentence2")
+    else:
+        texts = [c for c in cols if _is_text(raw[first].features[c])]
+        if not texts:
+            raise UsageError(f"{_where(args, first)} has no text column (columns: "
+                             f"{', '.join(raw[first].column_names)}); custom data needs one or two columns of text "
+                             "besides 'label'")
+        keys = (texts[0], texts[1] if len(texts) > 1 else None)
+    needed = [k for k in keys if k is not None]
+    custom = args.train_file is not None or args.validation_file is not None
+    for split, ds in raw.items():
+        where = _where(args, split)
+        for key in needed:
+            if key not in ds.column_names:
+                raise UsageError(f"{where} has no column {key!r} (columns: {', '.join(ds.column_names)}); "
+                                 f"{args.task_name or 'this'} data needs {' and '.join(needed)}")
+            if not _is_text(ds.features[key]):
+                dtype = getattr(ds.features[key], "dtype", type(ds.features[key]).__name__)
+                raise UsageError(f"{where}: column {key!r} holds {dtype} values, not text")
+            row = next((i for i, v in enumerate(ds[key]) if v is None), None) if custom else None
+            if row is not None:  # blank text is fine for a tokenizer, a missing value is not
+                raise UsageError(f"{where}: data row {row + 1} has no text in column {key!r}; every row needs one")
+    return keys
+
+
 def tokenize_splits(args, raw, tokenizer, label_to_id) -> dict[str, datasets.Dataset]:
     """Tokenize every split; the label column becomes ``labels`` (class id or float score)."""
-    cols = [c for c in raw[next(iter(raw))].column_names if c not in ("label", "idx")]
-    if args.task_name:
-        key1, key2 = TASK_TO_KEYS[args.task_name]
-    elif {"sentence1", "sentence2"} <= set(cols):
-        key1, key2 = "sentence1", "sentence2"
-    else:  # custom data: the first one or two text columns
-        key1, key2 = cols[0], (cols[1] if len(cols) > 1 else None)
-    missing = [k for k in (key1, key2) if k is not None and k not in cols]
-    if missing:
-        raise UsageError(f"the data has no column {missing[0]!r} (columns: {', '.join(cols)}); "
-                         f"{args.task_name or 'custom'} data needs {key1}" + (f" and {key2}" if key2 else ""))
+    key1, key2 = text_columns(args, raw)
 
     def encode(batch):
         texts = (batch[key1],) if key2 is None else (batch[key1], batch[key2])

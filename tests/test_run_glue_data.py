@@ -82,16 +82,16 @@ def write_csv(path: Path, header: str, rows: list[str]) -> Path:
     return path
 
 
-def pair_rows(n: int, label=lambda i: ("yes", "no")[i % 2]) -> list[str]:
-    """csv rows `sentence1,sentence2,label` whose label follows the word good/bad."""
-    return [f"the {'good' if i % 2 == 0 else 'bad'} cat,a dog,{label(i)}" for i in range(n)]
+def write_pairs(path: Path, n: int, label=lambda i: ("yes", "no")[i % 2]) -> Path:
+    """A csv file `sentence1,sentence2,label` of n rows whose label (label(i) for row i) follows good/bad."""
+    return write_csv(path, "sentence1,sentence2,label",
+                     [f"the {'good' if i % 2 == 0 else 'bad'} cat,a dog,{label(i)}" for i in range(n)])
 
 
 @pytest.fixture
 def files(tmp_path) -> tuple[Path, Path]:
     """A good csv pair of training and validation files."""
-    return (write_csv(tmp_path / "train.csv", "sentence1,sentence2,label", pair_rows(16)),
-            write_csv(tmp_path / "dev.csv", "sentence1,sentence2,label", pair_rows(8)))
+    return write_pairs(tmp_path / "train.csv", 16), write_pairs(tmp_path / "dev.csv", 8)
 
 
 def custom(train: Path, dev: Path, *argv: str) -> list[str]:
@@ -104,3 +104,66 @@ def test_glue_dir_and_custom_files_together_are_refused(tiny_model, tmp_path, fi
                    *custom(*files))
     assert "--glue_dir or --train_file/--validation_file, not both" in line
 
+
+@pytest.mark.parametrize("name, content, expect", [
+    ("dev.csv", b"", "is empty"),
+    ("dev.jsonl", b"\n  \n", "is empty"),
+    ("dev.csv", b"sentence1,sentence2,label\n", "has no data rows"),
+    ("dev.jsonl", b'{"sentence1": "a", "label": 1}\n{"sentence1": "b", label: 0}\n', "cannot be read as json"),
+    ("dev.json", b'[{"sentence1": "a", "label": 1},', "cannot be read as json"),
+    ("dev.csv", b"sentence1,sentence2,label\na,b,yes\nc\xe9,d,no\n", ":3: byte 0xe9 at column 2 is not valid UTF-8"),
+])
+def test_unreadable_custom_file_is_one_line(tiny_model, tmp_path, files, capsys, name, content, expect):
+    (tmp_path / name).write_bytes(content)
+    line = refused(capsys, tiny_model, tmp_path / "o", *custom(files[0], tmp_path / name))
+    assert expect in line and str(tmp_path / name) in line
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_missing_label_column_is_refused(tiny_model, tmp_path, files, capsys, which):
+    """No label column in either file: refused before the model loads, naming the file and the columns found."""
+    bad = write_csv(files[which], "sentence1,sentence2,score", [f"a cat,a dog,{i / 10}" for i in range(8)])
+    flag = ("--train_file", "--validation_file")[which]
+    line = refused(capsys, tiny_model, tmp_path / "o", *custom(*files))
+    assert line.startswith(f"{flag} {bad} has no 'label' column (columns: sentence1, sentence2, score)")
+
+
+def test_missing_text_columns_list_the_columns_found(tiny_model, tmp_path, files, capsys):
+    out = tmp_path / "o"
+    ids = write_csv(tmp_path / "ids.csv", "id,label", [f"{i},{i % 2}" for i in range(8)])
+    line = refused(capsys, tiny_model, out, *custom(ids, ids))
+    assert line.startswith(f"--train_file {ids} has no text column (columns: id, label)")
+    one = write_csv(tmp_path / "one.csv", "sentence1,label", [f"a cat,{i % 2}" for i in range(8)])
+    line = refused(capsys, tiny_model, out, "--task_name", "rte", *custom(files[0], one))
+    assert line.startswith(f"--validation_file {one} has no column 'sentence2' (columns: sentence1, label)")
+    numbers = write_csv(tmp_path / "num.csv", "sentence1,sentence2,label", [f"{i},7,{i % 2}" for i in range(8)])
+    line = refused(capsys, tiny_model, out, "--task_name", "rte", *custom(numbers, files[1]))
+    assert "column 'sentence1' holds int64 values, not text" in line
+
+
+def test_missing_values_are_refused_with_their_row(tiny_model, tmp_path, files, capsys):
+    out = tmp_path / "o"
+    # An empty label cell: pandas reads 0/1 with a gap as floats, which must not make a silent regression task.
+    gap = write_pairs(tmp_path / "gap.csv", 6, lambda i: "" if i == 3 else i % 2)
+    line = refused(capsys, tiny_model, out, *custom(gap, files[1]))
+    assert line == f"--train_file {gap}: data row 4 has no label; every row needs one"
+    null = tmp_path / "dev.jsonl"
+    null.write_text('{"sentence1": "a", "sentence2": "b", "label": "yes"}\n'
+                    '{"sentence1": "a", "sentence2": "b", "label": null}\n')
+    assert "data row 2 has no label" in refused(capsys, tiny_model, out, *custom(files[0], null))
+    text = write_csv(tmp_path / "text.csv", "sentence1,sentence2,label", ["a cat,,yes", "a dog,b,no"])
+    line = refused(capsys, tiny_model, out, *custom(files[0], text))
+    assert line.startswith(f"--validation_file {text}: data row 1 has no text in column 'sentence2'")
+
+
+def test_custom_files_of_two_formats_and_an_id_column(tiny_model, tmp_path):
+    """A numeric id column is not taken for text, and each file is read in its own format."""
+    train = write_csv(tmp_path / "train.csv", "id,sentence,label",
+                      [f"{i},the {'good' if i % 2 else 'bad'} cat,{i % 2}" for i in range(16)])
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text("".join(f'{{"id": {i}, "sentence": "a {"good" if i % 2 else "bad"} dog", "label": {i % 2}}}\n'
+                           for i in range(8)))
+    args = rg.parse_args(["--model_name_or_path", "m", *custom(train, dev)])
+    assert rg.text_columns(args, rg.load_glue(args)) == ("sentence", None)
+    assert run(tiny_model, tmp_path / "o", *custom(train, dev)) == 0
+    assert "eval_accuracy" in read_results(tmp_path / "o")
