@@ -516,26 +516,95 @@ def load_glue(args: argparse.Namespace) -> dict[str, datasets.Dataset]:
                          f"local GLUE copy (DIR/{GLUE_FOLDER[task]}/train.tsv, dev.tsv)") from None
 
 
+def _label_kind(args: argparse.Namespace, split: str, ds: datasets.Dataset) -> str:
+    """What a custom split's labels are: 'integer', 'number' (float), 'text' or 'bool'; UsageError otherwise."""
+    feature = ds.features["label"]
+    dtype = feature.dtype if isinstance(feature, datasets.Value) else ""
+    for kind, dtypes in (("integer", ("int", "uint")), ("number", ("float",)), ("text", ("string", "large_string")),
+                         ("bool", ("bool",))):
+        if dtype.startswith(dtypes):
+            return kind
+    types = sorted({type(v).__name__ for v in ds["label"]})  # e.g. datasets' Json feature for json mixing types
+    what = f"mixes {' and '.join(types)} values" if len(types) > 1 else f"holds {types[0]} values"
+    raise UsageError(f"{_where(args, split)}: the label column {what}; valid: one class name, integer class id "
+                     "or number (regression) per row, of one kind in the whole file")
+
+
+def _warn(message: str) -> None:
+    if _is_main_launch():  # every process checks the data; one says so
+        print(f"run_glue_no_trainer.py: warning: {message}", file=sys.stderr)
+
+
 def label_setup(args: argparse.Namespace, raw: dict[str, datasets.Dataset]):
-    """Return (is_regression, label_names or None, label_to_id or None) for the run's data."""
-    if args.task_name is not None and args.train_file is None and args.validation_file is None:
+    """Return (is_regression, label_names or None, label_to_id or None) for the run's data.
+
+    GLUE data (--glue_dir or the Hub) is in the Hub schema, its labels already class ids. For custom files
+    --task_name decides: stsb is regression on numbers, any other task takes its class names or ids 0..n-1.
+    Without a task, float labels in the first file (train, else validation) mean regression, and integers,
+    strings or booleans mean classes named by the sorted distinct values of all files. Whole-number scores
+    of a regression split are cast to float32 in `raw`.
+
+    Refused (UsageError): labels that do not fit that decision (text for regression, decimal numbers for
+    classes, integer ids in one file and names in the other), infinite scores, and training data of a single
+    class (nothing to learn). Only warned about on stderr, training runs: a validation class that never
+    occurs in training, because a small or skewed sample can honestly lack a rare class; the model cannot
+    learn it, so those rows count as errors.
+    """
+    if args.train_file is None and args.validation_file is None:
         names = LABEL_NAMES[args.task_name]
         return names is None, names, None  # Hub schema: labels are already class ids
-    feature = raw["train" if "train" in raw else "validation"].features["label"]
-    if feature.dtype in ("float32", "float64"):
+    task, first = args.task_name, next(iter(raw))
+    kinds = {s: _label_kind(args, s, ds) for s, ds in raw.items()}
+    if task is not None:
+        regression = LABEL_NAMES[task] is None
+        why = f"{task} is a regression task" if regression else f"{task} is a classification task"
+    else:
+        regression = kinds[first] == "number"
+        why = f"the float labels of {_where(args, first)} make this a regression task"
+    if regression:
+        for s, ds in raw.items():
+            if kinds[s] not in ("integer", "number"):
+                raise UsageError(f"{_where(args, s)}: label {ds[0]['label']!r} is not a number, but {why}")
+            bad = next((v for v in ds.unique("label") if not math.isfinite(v)), None)
+            if bad is not None:
+                raise UsageError(f"{_where(args, s)}: label {bad} is not a finite number")
+            if kinds[s] == "integer":
+                raw[s] = ds.cast_column("label", datasets.Value("float32"))
         return True, None, None
-    values = sorted({v for ds in raw.values() for v in ds["label"]})
-    if args.task_name is not None and LABEL_NAMES[args.task_name] is not None:
-        names = LABEL_NAMES[args.task_name]
-        known = set(names) | set(range(len(names))) | {str(i) for i in range(len(names))}
-        bad = [v for v in values if v not in known]
-        if bad:
-            raise UsageError(f"label {bad[0]!r} is not a {args.task_name} label; valid: {', '.join(names)} "
-                             f"or 0-{len(names) - 1}")
+    names = LABEL_NAMES[task] if task is not None else None
+    valid = f"; valid: {', '.join(names)} or 0-{len(names) - 1}" if names else ""
+    for s, ds in raw.items():
+        if kinds[s] == "number":
+            example = next((v for v in ds.unique("label") if not float(v).is_integer()), ds[0]["label"])
+            raise UsageError(f"{_where(args, s)}: label {example!r} is a decimal number, but " +
+                             (f"{why}{valid}" if task else f"the labels of {_where(args, first)} are classes "
+                              f"({kinds[first]}); use class labels of one kind in every file"))
+        if task is None and kinds[s] != kinds[first]:
+            raise UsageError(f"{_where(args, s)} has {kinds[s]} labels but {_where(args, first)} has "
+                             f"{kinds[first]} labels; use one kind of class label in every file")
+    if names is not None:
         to_id = {n: i for i, n in enumerate(names)} | {i: i for i in range(len(names))} | \
             {str(i): i for i in range(len(names))}
-        return False, names, to_id
-    return False, [str(v) for v in values], {v: i for i, v in enumerate(values)}
+        for s, ds in raw.items():
+            bad = [v for v in ds.unique("label") if v not in to_id]
+            if bad:
+                raise UsageError(f"{_where(args, s)}: label {bad[0]!r} is not a {task} label{valid}")
+    else:
+        values = sorted({v for ds in raw.values() for v in ds.unique("label")})
+        names, to_id = [str(v) for v in values], {v: i for i, v in enumerate(values)}
+    if "train" in raw and not args.eval_only:
+        seen = {to_id[v] for v in raw["train"].unique("label")}
+        if len(seen) < 2:
+            raise UsageError(f"{_where(args, 'train')}: every label is {names[seen.pop()]!r}; classification "
+                             "needs at least two classes in the training data")
+        for s, ds in raw.items():
+            unseen = sorted({to_id[v] for v in ds.unique("label")} - seen)
+            if unseen:
+                labels = ", ".join(repr(names[i]) for i in unseen)
+                _warn(f"label{'s' if len(unseen) > 1 else ''} {labels} of {_where(args, s)} never "
+                      f"occur{'' if len(unseen) > 1 else 's'} in {_where(args, 'train')}; the model cannot learn "
+                      f"{'them' if len(unseen) > 1 else 'it'} and those rows count as errors")
+    return False, names, to_id
 
 
 def _is_text(feature) -> bool:

@@ -156,6 +156,59 @@ def test_missing_values_are_refused_with_their_row(tiny_model, tmp_path, files, 
     assert line.startswith(f"--validation_file {text}: data row 1 has no text in column 'sentence2'")
 
 
+def test_label_kinds_must_agree(tiny_model, tmp_path, files, capsys):
+    out = tmp_path / "o"
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('{"sentence1": "a", "sentence2": "b", "label": 1}\n'
+                     '{"sentence1": "a", "sentence2": "b", "label": "yes"}\n')
+    line = refused(capsys, tiny_model, out, *custom(files[0], mixed))
+    assert line.startswith(f"--validation_file {mixed}: the label column mixes int and str values")
+    ids = write_pairs(tmp_path / "ids.csv", 8, lambda i: i % 2)
+    line = refused(capsys, tiny_model, out, *custom(ids, files[1]))
+    assert "has text labels but --train_file" in line and "has integer labels" in line
+    floats = write_pairs(tmp_path / "f.csv", 8, lambda i: f"{i % 2}.5")
+    line = refused(capsys, tiny_model, out, *custom(ids, floats))
+    assert line.startswith(f"--validation_file {floats}: label 0.5 is a decimal number")
+
+
+def test_task_decides_regression_or_classes(tiny_model, tmp_path, files, capsys):
+    out = tmp_path / "o"
+    floats = write_pairs(tmp_path / "f.csv", 8, lambda i: f"{i % 2}.0")
+    line = refused(capsys, tiny_model, out, "--task_name", "rte", *custom(floats, floats))
+    assert line == (f"--train_file {floats}: label 0.0 is a decimal number, but rte is a classification task; "
+                    "valid: entailment, not_entailment or 0-1")
+    line = refused(capsys, tiny_model, out, "--task_name", "stsb", *custom(*files))
+    assert line == f"--train_file {files[0]}: label 'yes' is not a number, but stsb is a regression task"
+    inf = write_pairs(tmp_path / "inf.csv", 8, lambda i: "inf" if i else 1.5)
+    assert "label inf is not a finite number" in refused(capsys, tiny_model, out, *custom(inf, inf))
+    # Whole-number scores are still scores for stsb, not six classes of a classifier.
+    scores = write_pairs(tmp_path / "s.csv", 16, lambda i: i % 6)
+    assert run(tiny_model, out, "--task_name", "stsb", *custom(scores, scores)) == 0
+    assert {"eval_pearson", "eval_spearmanr"} <= set(read_results(out))
+
+
+def test_one_class_training_data_is_refused(tiny_model, tmp_path, files, capsys):
+    same = write_pairs(tmp_path / "same.csv", 8, lambda i: "yes")
+    line = refused(capsys, tiny_model, tmp_path / "o", *custom(same, files[1]))
+    assert line == (f"--train_file {same}: every label is 'yes'; classification needs at least two classes in the "
+                    "training data")
+    ones = write_pairs(tmp_path / "ones.csv", 8, lambda i: "1")
+    dev = write_pairs(tmp_path / "ids.csv", 8, lambda i: i % 2)
+    line = refused(capsys, tiny_model, tmp_path / "o", "--task_name", "rte", *custom(ones, dev))
+    assert line.startswith(f"--train_file {ones}: every label is 'not_entailment'")
+
+
+def test_validation_label_unseen_in_training_is_a_warning(tiny_model, tmp_path, files, capsys):
+    """Training still runs: a small sample may lack a rare class; the warning says those rows cannot be right."""
+    dev = write_pairs(tmp_path / "dev3.csv", 8, lambda i: ("yes", "no", "maybe")[i % 3])
+    out = tmp_path / "o"
+    assert run(tiny_model, out, *custom(files[0], dev)) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings == [f"run_glue_no_trainer.py: warning: label 'maybe' of --validation_file {dev} never occurs in "
+                        f"--train_file {files[0]}; the model cannot learn it and those rows count as errors"]
+    assert read_results(out)["train_steps"] == 1
+
+
 def test_custom_files_of_two_formats_and_an_id_column(tiny_model, tmp_path):
     """A numeric id column is not taken for text, and each file is read in its own format."""
     train = write_csv(tmp_path / "train.csv", "id,sentence,label",
