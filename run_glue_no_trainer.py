@@ -1205,7 +1205,8 @@ def _model_stats(run: Run, hessian: bool = True) -> dict:
 
 @torch.no_grad()
 def posterior_stats(run: Run) -> dict[str, float]:
-    """How IVON's posterior and steps compare with the weights, over all trainable elements:
+    """How IVON's posterior and steps compare with the weights, over the adapter elements (lora_A/E/B; every
+    trainable element for full fine-tuning), the ones the posterior scores rank:
 
     * ``post_sigma_median``, ``post_absmu_median``, ``post_snr_median``: medians of σ, |μ| and |μ|/σ;
     * ``clip_fraction``: share of elements whose last step was cut by the clip radius, i.e.
@@ -1213,25 +1214,33 @@ def posterior_stats(run: Run) -> dict[str, float]:
     * ``mean_shift_rms``: the root mean square distance of the means from where this run started (its first
       update's starting point, kept in checkpoints), and ``mean_shift_rel``, that distance over the RMS of
       the starting means.
-    These are the quantities that say whether a schedule is long enough for IVON (see bench/RESULTS.md).
+    These are the quantities that say whether a schedule is long enough for IVON (scripts/short_horizon.py).
     """
     opt = run.ivon
-    mus, sigmas, directions = [], [], []
+    names = {id(p): n for n, p in run.peft_model.named_parameters()}
+    adapters = any(".lora_" in n for n in names.values())
+    parts, offset = {"mu": [], "sigma": [], "clipped": [], "start": []}, 0
     for group in opt.param_groups:
-        wd, debias = group["weight_decay"], (1.0 - group["beta1"] ** opt.current_step) if opt.current_step else 1.0
-        mu = torch.cat([p.detach().reshape(-1) for p in group["params"]]).float()
-        h = group["hess"].float()
-        mus.append(mu)
-        sigmas.append(1.0 / torch.sqrt(group["ess"] * (h + wd)))
-        direction = (group["momentum"].float() / debias + wd * mu) / (h + wd)
-        directions.append(direction.abs() >= group["clip_radius"])
-    mu, sigma, clipped = torch.cat(mus), torch.cat(sigmas), torch.cat(directions)
-    if mu.numel() == 0:
+        wd = group["weight_decay"]
+        debias = (1.0 - group["beta1"] ** opt.current_step) if opt.current_step else 1.0
+        for p in group["params"]:
+            n = p.numel()
+            if not adapters or ".lora_" in names.get(id(p), ""):
+                mu, st = p.detach().reshape(-1).float(), opt.param_state(p)
+                h, m = st["hess"].reshape(-1).float(), st["momentum"].reshape(-1).float()
+                parts["mu"].append(mu)
+                parts["sigma"].append(1.0 / torch.sqrt(group["ess"] * (h + wd)))
+                parts["clipped"].append(((m / debias + wd * mu) / (h + wd)).abs() >= group["clip_radius"])
+                if run.start_means is not None:
+                    parts["start"].append(run.start_means[offset:offset + n].to(mu.device))
+            offset += n
+    if not parts["mu"]:
         return {}
+    mu, sigma, clipped = (torch.cat(parts[k]) for k in ("mu", "sigma", "clipped"))
     stats = {"post_sigma_median": sigma.median().item(), "post_absmu_median": mu.abs().median().item(),
              "post_snr_median": (mu.abs() / sigma).median().item(), "clip_fraction": clipped.float().mean().item()}
-    if run.start_means is not None:
-        start = run.start_means.to(mu.device)
+    if parts["start"]:
+        start = torch.cat(parts["start"])
         stats["mean_shift_rms"] = (mu - start).square().mean().sqrt().item()
         stats["mean_shift_rel"] = stats["mean_shift_rms"] / max(start.square().mean().sqrt().item(), 1e-30)
     return stats

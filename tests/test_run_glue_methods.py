@@ -216,3 +216,32 @@ def test_a_mismatched_original_hessian_file_is_bad_input(tiny, tmp_path, capsys)
     capsys.readouterr()
     assert _run(tiny, tmp_path / "second", "--apply_lora", "--lora_path", str(first), "--learning_rate", "0.05") == 2
     assert "its Hessian has 7 elements" in capsys.readouterr().err
+
+
+def test_posterior_stats_against_hand_values():
+    """The IVON statistics of the log, on a real adapter and optimizer in states whose values are known."""
+    import math
+    import types
+
+    import ivon
+    import peft
+    from _peft_utils import tiny_deberta
+    model = peft.get_peft_model(tiny_deberta(), peft.VILoraConfig(init_r=3, target_r=2, task_type="SEQ_CLS"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = ivon.IVON(params, lr=0.1, ess=400.0, hess_init=0.25, weight_decay=1e-8, clip_radius=1e-3)
+    run = types.SimpleNamespace(ivon=opt, peft_model=model, start_means=None)
+    run.start_means = rg.trainable_flat(run)
+    adapter = [p for n, p in model.named_parameters() if p.requires_grad and ".lora_" in n]
+    n_adapter = sum(p.numel() for p in adapter)
+    stats = rg.posterior_stats(run)
+    assert stats["post_sigma_median"] == pytest.approx(1 / math.sqrt(400 * (0.25 + 1e-8)), rel=1e-6)
+    assert stats["mean_shift_rms"] == 0 and stats["clip_fraction"] == 0  # no step yet: zero momentum
+    expected = torch.cat([p.detach().abs().reshape(-1) for p in adapter]).median().item()
+    assert stats["post_absmu_median"] == pytest.approx(expected)  # adapters only: the head is left out
+    with torch.no_grad():
+        adapter[0].add_(0.5)                           # move one tensor's means by 0.5
+        opt.param_state(adapter[1])["momentum"].fill_(1.0)  # a step far beyond the clip radius
+        opt.current_step = 1
+    stats = rg.posterior_stats(run)
+    assert stats["mean_shift_rms"] == pytest.approx(math.sqrt(0.25 * adapter[0].numel() / n_adapter), rel=1e-5)
+    assert stats["clip_fraction"] == pytest.approx(adapter[1].numel() / n_adapter)
