@@ -1,0 +1,35 @@
+"""bench/ivon_horizon.py reads the same IVON statistics from a run's checkpoints as the script logs."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from _run_glue_utils import REPO, have_adapters, load_script, make_tiny_model, read_log, write_tiny_glue
+
+pytestmark = pytest.mark.skipif(not have_adapters(), reason="peft/ivon packages not available yet")
+
+
+def test_checkpoint_statistics_equal_the_logged_ones(tmp_path):
+    spec = importlib.util.spec_from_file_location("ivon_horizon", REPO / "bench" / "ivon_horizon.py")
+    horizon = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(horizon)
+    rg = load_script()
+    model, glue = make_tiny_model(tmp_path / "model"), write_tiny_glue(tmp_path / "glue", "rte")
+    out = tmp_path / "run"
+    assert rg.main(["--model_name_or_path", str(model), "--task_name", "rte", "--glue_dir", str(glue),
+                    "--output_dir", str(out), "--seed", "1", "--per_device_train_batch_size", "8",
+                    "--max_train_steps", "6", "--apply_lora", "--lora_type", "vilora", "--adalora_init_r", "3",
+                    "--adalora_target_r", "2", "--adalora_tinit", "1", "--adalora_tfinal", "1",
+                    "--learning_rate", "0.5", "--checkpointing_steps", "3", "--eval_steps", "3",
+                    "--eval_after_epochs", "0"]) == 0
+    logged = {r["step"]: r for r in read_log(out) if "post_sigma_median" in r}
+    for step in (3, 6):
+        got = horizon.checkpoint_stats(out / "checkpoints" / f"step_{step}")["adapters"]
+        want = logged[step]
+        assert got["sigma_median"] == pytest.approx(want["post_sigma_median"], rel=1e-6)
+        assert got["absmu_median"] == pytest.approx(want["post_absmu_median"], rel=1e-6)
+        assert got["snr_median"] == pytest.approx(want["post_snr_median"], rel=1e-6)
+        assert got["clip_fraction"] == pytest.approx(want["clip_fraction"], abs=1e-9)
+        assert got["shift_rms"] == pytest.approx(want["mean_shift_rms"], rel=1e-5) and got["shift_rms"] > 0
+    assert "| 6 | adapters |" in horizon.report(out)
