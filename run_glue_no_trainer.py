@@ -158,41 +158,62 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--train_file", default=None,
                    help="csv/json training file (used instead of GLUE data; --task_name then only names the metric)")
     g.add_argument("--validation_file", default=None, help="csv/json validation file")
-    g.add_argument("--max_length", type=int, default=128)
-    g.add_argument("--pad_to_max_length", action="store_true")
-    g.add_argument("--model_name_or_path", required=True)
-    g.add_argument("--use_slow_tokenizer", action="store_true")
-    g.add_argument("--trust_remote_code", type=_bool_value, default=False)
-    g.add_argument("--ignore_mismatched_sizes", action="store_true")
+    g.add_argument("--max_length", type=int, default=128,
+                   help="longest tokenised input; longer pairs are truncated (at most the model's position count)")
+    g.add_argument("--pad_to_max_length", action="store_true",
+                   help='pad every example to --max_length (default: pad each batch to its longest example)')
+    g.add_argument("--model_name_or_path", required=True,
+                   help='model folder or Hub name, e.g. microsoft/deberta-v3-base or a local MiniLM copy')
+    g.add_argument("--use_slow_tokenizer", action="store_true",
+                   help='use the Python tokenizer instead of the fast (Rust) one')
+    g.add_argument("--trust_remote_code", type=_bool_value, default=False,
+                   help="allow a model folder's own Python code (true/false); only for models you trust")
+    g.add_argument("--ignore_mismatched_sizes", action="store_true",
+                   help='re-initialise checkpoint weights whose shapes do not fit the task (e.g. another classifier head)')
     g.add_argument("--fp16", action="store_true", help="same as --mixed_precision fp16")
-    g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
-    g.add_argument("--gradient_checkpointing", action="store_true")
+    g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
+                   help='mixed precision through accelerate (weights, adapters and IVON state stay float32); with IVON use bf16')
+    g.add_argument("--gradient_checkpointing", action="store_true",
+                   help='recompute activations in the backward pass to save memory')
 
     g = p.add_argument_group("training loop")
     g.add_argument("--per_device_train_batch_size", type=int, default=8,
                    help="examples per process; an update sees this x the number of processes")
-    g.add_argument("--per_device_eval_batch_size", type=int, default=8)
-    g.add_argument("--learning_rate", type=float, default=5e-5)
+    g.add_argument("--per_device_eval_batch_size", type=int, default=8,
+                   help='evaluation examples per process')
+    g.add_argument("--learning_rate", type=float, default=5e-5,
+                   help='peak learning rate of the --lr_scheduler_type schedule (ignored with --use_custom_lr_schedule, whose values are absolute)')
     g.add_argument("--weight_decay", type=float, default=0.0, help="AdamW only")
-    g.add_argument("--num_train_epochs", type=int, default=3)
+    g.add_argument("--num_train_epochs", type=int, default=3,
+                   help='passes over the training data (--max_train_steps overrides)')
     g.add_argument("--max_train_steps", type=int, default=None, help="optimizer updates; overrides epochs")
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                   help="micro-batches per optimizer update (an epoch's last group may be shorter)")
     g.add_argument("--lr_scheduler_type", default="linear",
                    choices=[s.value for s in transformers.SchedulerType])
     g.add_argument("--lr_scheduler_kwargs", type=json.loads, default=None,
                    help="JSON dict of extra scheduler arguments, e.g. '{\"min_lr_rate\": 0.1}'")
-    g.add_argument("--num_warmup_steps", type=int, default=0)
-    g.add_argument("--output_dir", default=None)
-    g.add_argument("--overwrite_output_dir", action="store_true")
+    g.add_argument("--num_warmup_steps", type=int, default=0,
+                   help='updates of linear warm-up, for both schedules')
+    g.add_argument("--output_dir", default=None,
+                   help="folder of the run's outputs, log and checkpoints")
+    g.add_argument("--overwrite_output_dir", action="store_true",
+                   help='start over in an output folder that holds another (finished or unfinished) run')
     g.add_argument("--seed", type=int, default=None, help="default: a random seed, recorded in run_config.json")
     g.add_argument("--checkpointing_steps", type=_steps_or_epoch, default=None, help="N updates or 'epoch'")
     g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'")
-    g.add_argument("--eval_steps", type=int, default=0)
-    g.add_argument("--eval_after_epochs", type=int, default=1)
-    g.add_argument("--with_tracking", action="store_true")
-    g.add_argument("--report_to", default="all", choices=("all", "tensorboard", "wandb"))
-    g.add_argument("--project_prefix", default="glue_no_trainer_vilora_")
-    g.add_argument("--eval_only", action="store_true")
+    g.add_argument("--eval_steps", type=int, default=0,
+                   help='also evaluate every N updates, from epoch --eval_after_epochs on (0: at epoch ends only)')
+    g.add_argument("--eval_after_epochs", type=int, default=1,
+                   help='first epoch (0-based) in which --eval_steps evaluations happen')
+    g.add_argument("--with_tracking", action="store_true",
+                   help='log to TensorBoard/W&B through accelerate (OUTPUT_DIR is the project folder)')
+    g.add_argument("--report_to", default="all", choices=("all", "tensorboard", "wandb"),
+                   help='tracker for --with_tracking: all (whichever is installed), tensorboard or wandb')
+    g.add_argument("--project_prefix", default="glue_no_trainer_vilora_",
+                   help='tracker project name prefix (the task name is appended)')
+    g.add_argument("--eval_only", action="store_true",
+                   help='evaluate --lora_path (or the model) on the dev set without training')
     g.add_argument("--push_to_hub", action="store_true",
                    help="upload the outputs (adapter or model, tokenizer, results; not checkpoints) to a Hub model "
                         "repository when training ends; the login is checked before training starts")
@@ -201,43 +222,65 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--hub_token", default=None, help="Hub token (default: the saved login, or HF_TOKEN)")
 
     g = p.add_argument_group("LoRA / AdaLoRA / VILoRA")
-    g.add_argument("--apply_lora", action="store_true")
+    g.add_argument("--apply_lora", action="store_true",
+                   help='train adapters (--lora_type) instead of fine-tuning the whole model')
     g.add_argument("--lora_type", default="lora", help="lora | adalora | vilora")
     g.add_argument("--lora_path", default=None,
                    help="continue from (or, with --eval_only, evaluate) a saved adapter; its config sets the type")
-    g.add_argument("--lora_alpha", type=int, default=8)
-    g.add_argument("--lora_r", type=int, default=None)
-    g.add_argument("--lora_dropout", type=float, default=0.0)
+    g.add_argument("--lora_alpha", type=int, default=8,
+                   help='adapter scaling numerator (> 0): LoRA scales by alpha / r, AdaLoRA by alpha / init_r')
+    g.add_argument("--lora_r", type=int, default=None,
+                   help='LoRA rank (default 8)')
+    g.add_argument("--lora_dropout", type=float, default=0.0,
+                   help="dropout on the adapter's input, in [0, 1)")
     g.add_argument("--lora_modules", default="", help="comma list of target modules")
-    g.add_argument("--adalora_target_r", type=int, default=8)
-    g.add_argument("--adalora_init_r", type=int, default=12)
-    g.add_argument("--adalora_tinit", type=int, default=0)
-    g.add_argument("--adalora_tfinal", type=int, default=0)
-    g.add_argument("--adalora_delta_t", type=int, default=100)
-    g.add_argument("--adalora_orth_reg_weight", type=float, default=0.5)
-    g.add_argument("--vilora_criterion", default="SNR_mean_abs")
+    g.add_argument("--adalora_target_r", type=int, default=8,
+                   help='AdaLoRA/VILoRA: final average rank per adapted matrix (the final budget)')
+    g.add_argument("--adalora_init_r", type=int, default=12,
+                   help='AdaLoRA/VILoRA: initial rank per adapted matrix')
+    g.add_argument("--adalora_tinit", type=int, default=0,
+                   help='AdaLoRA/VILoRA: updates before the budget starts to shrink')
+    g.add_argument("--adalora_tfinal", type=int, default=0,
+                   help='AdaLoRA/VILoRA: last updates trained at the final budget')
+    g.add_argument("--adalora_delta_t", type=int, default=100,
+                   help='AdaLoRA/VILoRA: mask the least important triplets every N updates while the budget shrinks')
+    g.add_argument("--adalora_orth_reg_weight", type=float, default=0.5,
+                   help='AdaLoRA/VILoRA: weight of the orthogonality penalty on A and B')
+    g.add_argument("--vilora_criterion", default="SNR_mean_abs",
+                   help="VILoRA importance score from IVON's posterior: SNR_mean_abs (SNR(|θ|), the paper's default), SNR (|μ|/σ), mean (|μ|), sigma (1/σ) or E_mean_abs (E|θ|)")
 
     g = p.add_argument_group("IVON")
-    g.add_argument("--use_ivon", action="store_true")
+    g.add_argument("--use_ivon", action="store_true",
+                   help='train with IVON instead of AdamW (implied by --lora_type vilora)')
     g.add_argument("--ivon_ess", type=float, default=0, help="0 = number of training examples")
-    g.add_argument("--ivon_hess_init", type=float, default=1.0)
-    g.add_argument("--ivon_beta1", type=float, default=0.9)
-    g.add_argument("--ivon_beta2", type=float, default=0.99999)
-    g.add_argument("--ivon_weight_decay", type=float, default=1e-8)
-    g.add_argument("--ivon_train_mc_samples", type=int, default=1)
+    g.add_argument("--ivon_hess_init", type=float, default=1.0,
+                   help="IVON's initial Hessian h0 (> 0)")
+    g.add_argument("--ivon_beta1", type=float, default=0.9,
+                   help="IVON's gradient momentum decay, in [0, 1]")
+    g.add_argument("--ivon_beta2", type=float, default=0.99999,
+                   help="IVON's Hessian decay, in [0, 1]; 1 - beta2 is the share of a new estimate per update")
+    g.add_argument("--ivon_weight_decay", type=float, default=1e-8,
+                   help="IVON's weight decay δ (the prior precision per example), >= 0")
+    g.add_argument("--ivon_train_mc_samples", type=int, default=1,
+                   help='posterior samples (forward/backward passes) per micro-batch while training')
     g.add_argument("--ivon_infer_mc_samples", type=int, default=0, help="0 = evaluate the posterior mean")
-    g.add_argument("--ivon_clip_radius", type=float, default=1e-3)
+    g.add_argument("--ivon_clip_radius", type=float, default=1e-3,
+                   help='IVON clips each element of its preconditioned step to ±this (> 0)')
 
     g = p.add_argument_group("custom LR schedule (values are absolute learning rates)")
-    g.add_argument("--use_custom_lr_schedule", action="store_true")
-    g.add_argument("--lr_schedule_first_lr", type=float, default=2.0)
+    g.add_argument("--use_custom_lr_schedule", action="store_true",
+                   help="the paper's schedule: warm-up to --lr_schedule_first_lr, constant, then a drop to --lr_schedule_second_lr decaying linearly to --lr_schedule_end_lr")
+    g.add_argument("--lr_schedule_first_lr", type=float, default=2.0,
+                   help='learning rate of the warm-up target and the constant phase')
     g.add_argument("--lr_schedule_const_epochs", type=float, default=None,
                    help="epochs of the constant first-lr phase (default 1); a value above 100 is a step count, "
                         "as in the paper's scripts")
     g.add_argument("--lr_schedule_const_steps", type=int, default=None,
                    help="the constant phase ends at this update (instead of --lr_schedule_const_epochs)")
-    g.add_argument("--lr_schedule_second_lr", type=float, default=0.2)
-    g.add_argument("--lr_schedule_end_lr", type=float, default=0.0)
+    g.add_argument("--lr_schedule_second_lr", type=float, default=0.2,
+                   help='learning rate right after the constant phase')
+    g.add_argument("--lr_schedule_end_lr", type=float, default=0.0,
+                   help='learning rate at the last update')
     return p.parse_args(argv)
 
 
