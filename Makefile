@@ -19,8 +19,9 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt peft/pyproject.toml iv
 	$(PY) -m pip install -q --no-deps --target $(VENV)/ivon_ref ivon-opt==0.1.3
 	touch $@
 
+# IVON_REF_DIR: where tests/_ivon_utils.py finds the reference optimizer, wherever VENV points.
 test: install
-	$(PY) -m pytest -q tests
+	IVON_REF_DIR="$(abspath $(VENV))/ivon_ref" $(PY) -m pytest -q tests
 
 demo: install
 	GLUE_DIR="$(GLUE_DIR)" DEMO_TASK="$(DEMO_TASK)" DEMO_OUT="$(DEMO_OUT)" $(PY) scripts/demo.py

@@ -4,7 +4,7 @@
 VILoRA is AdaLoRA whose rank allocation scores each singular-value triplet from IVON's Gaussian posterior
 N(mu, sigma^2) instead of AdaLoRA's gradient sensitivity ("A Bayesian Interpretation of Adaptive Low-Rank
 Adaptation", Chen & Garner 2024). The flags follow the Hugging Face `run_glue_no_trainer.py` example and the
-paper's fork of it (reference/SPEC.md section G); the fork's known defects are fixed here:
+paper's fork of it (the authors' training script); the fork's known defects are fixed here:
 
 * gradient accumulation updates after every `gas` micro-batches and at the end of an epoch (not after the first);
 * IVON Monte-Carlo evaluation averages the predictions of all samples, for STS-B too;
@@ -150,7 +150,7 @@ def _steps_or_epoch(text: str) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse the command line (flag names and defaults of SPEC G.1, plus --glue_dir and a few safety flags)."""
+    """Parse the command line (the paper's fork's flag names and defaults, plus --glue_dir and some safety flags)."""
     p = _OneLineErrorParser(description="Fine-tune on a GLUE task with LoRA/AdaLoRA/VILoRA and AdamW/IVON.")
     g = p.add_argument_group("data and model")
     g.add_argument("--task_name", type=str.lower, default=None, choices=TASKS, help="GLUE task")
@@ -783,7 +783,7 @@ def _loader(dataset, collator, batch_sampler=None, batch_size=None) -> DataLoade
 # ----------------------------------------------------------------------------------------------- schedules
 def custom_lr_lambda(step: int, *, warmup_steps: int, const_end: float, total_steps: int,
                      first_lr: float, second_lr: float, end_lr: float) -> float:
-    """The paper's `_clr` schedule (SPEC G.3); with the base lr forced to 1.0 it is the absolute lr.
+    """The `_clr` schedule of the paper's fork; with the base lr forced to 1.0 it is the absolute lr.
 
     W = warmup_steps, C = const_end (an absolute step), N = total_steps:
     s < W:       first_lr * s / W
@@ -866,7 +866,7 @@ def build_scheduler(args, optimizer, plan: StepPlan):
 
 # ----------------------------------------------------------------------------------------------- model
 def adapter_config(args: argparse.Namespace):
-    """The peft config for --lora_type (SPEC G.2); AdaLoRA's total_step is set once the step count is known."""
+    """The peft config for --lora_type, as the paper's fork builds it; AdaLoRA's total_step is set later."""
     import peft
     common = dict(task_type=peft.TaskType.SEQ_CLS, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout)
     modules = [m.strip() for m in args.lora_modules.split(",") if m.strip()] or None

@@ -38,7 +38,7 @@ def demo_command(model: Path, task: str, glue_dir: str, out: Path) -> list[str]:
            "--lora_modules", "query,key,value,dense", "--adalora_init_r", "6", "--adalora_target_r", "2",
            "--lora_alpha", "32", "--adalora_orth_reg_weight", "0.1",
            "--adalora_tinit", "40", "--adalora_tfinal", "80", "--adalora_delta_t", "1",
-           # --lr_schedule_const_epochs above 100 is an absolute update count (SPEC G.3).
+           # --lr_schedule_const_epochs above 100 is an absolute update count, as in the paper's scripts.
            "--use_custom_lr_schedule", "--num_warmup_steps", "20", "--lr_schedule_first_lr", "2.0",
            "--lr_schedule_const_epochs", "120", "--lr_schedule_second_lr", "0.5",
            "--output_dir", str(out), "--overwrite_output_dir"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -9,7 +10,10 @@ from typing import Any, Callable
 import pytest
 import torch
 
-REF_DIR = Path(__file__).resolve().parent.parent / ".venv" / "ivon_ref" / "ivon"
+# Where `make install` puts ivon-opt 0.1.3 (pip --target $(VENV)/ivon_ref); `make test` passes that folder as
+# IVON_REF_DIR, so a venv other than .venv works. A plain `pytest` looks in the default .venv.
+REPO = Path(__file__).resolve().parent.parent
+REF_DIR = Path(os.environ.get("IVON_REF_DIR") or REPO / ".venv" / "ivon_ref") / "ivon"
 
 
 def load_reference():
@@ -17,7 +21,7 @@ def load_reference():
     if "ivon_reference" in sys.modules:
         return sys.modules["ivon_reference"]
     if not (REF_DIR / "__init__.py").is_file():
-        pytest.skip(f"reference ivon-opt 0.1.3 not installed at {REF_DIR}")
+        pytest.skip(f"reference ivon-opt 0.1.3 not installed at {REF_DIR} (IVON_REF_DIR names its folder)")
     spec = importlib.util.spec_from_file_location(
         "ivon_reference", REF_DIR / "__init__.py", submodule_search_locations=[str(REF_DIR)]
     )

@@ -142,7 +142,7 @@ def test_snr_mean_abs_matches_high_precision_reference():
 
 
 def test_literal_float32_formula_fails_where_the_stable_one_does_not():
-    """PAPER defect 4: the reference's float32 evaluation is inf/NaN(→0) for confident weights."""
+    """README, fixed defect 4: the original code's float32 evaluation is inf/NaN(→0) for confident weights."""
     mu, sigma = torch.tensor([1e4, 3e3, 2e2]), torch.ones(3)
     m, v = textbook_moments(mu, sigma)
     literal = m / v.sqrt()

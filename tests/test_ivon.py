@@ -62,7 +62,7 @@ def test_hessian_update_closed_form():
 @pytest.mark.parametrize("via_bytes", [False, True])
 def test_resume_is_bit_identical_to_uninterrupted_run(via_bytes):
     """Save after k steps (optimizer, params, RNG), load into a fresh optimizer, continue: same result as
-    never stopping. With ivon-opt 0.1.3 the debiasing restarts instead (PAPER defect 1)."""
+    never stopping. With ivon-opt 0.1.3 the debiasing restarts instead (README, fixed defect 1)."""
     cfg = dict(mc_samples=2, clip_radius=0.5)
     params = make_params(0)
     opt = two_groups(params, **cfg)

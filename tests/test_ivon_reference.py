@@ -125,7 +125,7 @@ def test_our_state_dict_loads_into_the_reference():
 
 
 def test_spec_fixed_vector():
-    """SPEC §E.3: one parameter, loss Σp², two steps."""
+    """Numbers recorded from ivon-opt 0.1.3: one parameter, loss Σp², two steps."""
     p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
     opt = ivon.IVON([p], lr=0.1, ess=10, weight_decay=1e-4)
     torch.manual_seed(123)

@@ -149,7 +149,7 @@ def test_budget_schedule_worked_table():
 
 
 def test_budget_schedule_tfinal_zero_fixes_the_final_budget_at_the_last_step():
-    """PAPER defect 9: with tfinal = 0 the cubic never reached target_bgt within steps 0..T−1."""
+    """README, fixed defect 9: with tfinal = 0 the cubic never reached target_bgt within steps 0..T−1."""
     kw = dict(init_bgt=24, target_bgt=12, tinit=10, tfinal=0, total_step=40, deltaT=5)
     assert budget_at_step(38, **kw) == (12, False)  # int(12·(1/30)³·… + 12) = 12, not a deltaT step
     assert budget_at_step(35, **kw) == (int(12 * (1 - 25 / 30) ** 3 + 12), True)
@@ -244,7 +244,7 @@ def test_ties_at_the_threshold_are_all_pruned():
 
 
 def test_zero_gradients_prune_everything_with_a_warning():
-    """SPEC C.7: zero (not None) grads give all-zero scores and `<=` prunes every triplet, as in AdaLoRA."""
+    """Zero (not None) grads give all-zero scores and `<=` prunes every triplet, as in AdaLoRA."""
     model, cfg = FakeModel(), FakeConfig()
     alloc = RankAllocator(model, cfg, AD)
     for step in range(3):
@@ -419,7 +419,7 @@ def test_final_phase_remasks_after_the_optimizer_moves_masked_entries():
 
 
 def test_tfinal_zero_masks_to_target_at_the_last_step():
-    """PAPER defect 9: the script's last call is step T−1; the reference left the last cubic mask in place."""
+    """README, fixed defect 9: the script's last call is step T−1; the original kept the last cubic mask."""
     model, cfg = FakeModel(), FakeConfig(target_r=1, total_step=12, tinit=2, tfinal=0, deltaT=6)
     alloc = RankAllocator(model, cfg, AD)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -507,7 +507,7 @@ def test_state_dict_round_trip_continues_identically(criterion, tmp_path):
     for (n, p), (_, q) in zip(model.named_parameters(), model2.named_parameters()):
         assert torch.equal(p, q), n
 
-    # without the allocator state the sensitivity EMAs restart and the final pattern differs (PAPER defect 8)
+    # without the allocator state the EMAs restart and the final pattern differs (README, fixed defect 8)
     model3, opt3, alloc3 = make()
     model3.load_state_dict(ck["model"])
     if criterion == "sensitivity":

@@ -20,7 +20,7 @@ from _run_glue_utils import REPO, SCRIPT, load_script, make_tiny_model, read_log
 
 rg = load_script()
 
-# MANIFEST.md row counts (headers excluded) of the shared GLUE copy.
+# Row counts (headers excluded) of the standard GLUE download.
 MANIFEST_ROWS = {("cola", "train"): 8551, ("cola", "validation"): 1043, ("sst2", "train"): 67349,
                  ("sst2", "validation"): 872, ("mrpc", "train"): 3668, ("mrpc", "validation"): 408,
                  ("stsb", "train"): 5749, ("stsb", "validation"): 1500, ("qnli", "validation"): 5463,
@@ -55,7 +55,7 @@ def run_main(*argv, model, glue=None, out, task="rte", **flags) -> int:
 
 # ------------------------------------------------------------------------------------------ pure pieces
 def test_custom_lr_schedule_matches_spec_example():
-    # SPEC G.3 RTE vilora_clr: W=100, C=400, first 2.0, second 0.5, end 0, N=3900.
+    # The RTE vilora_clr row of scripts/hparams.tsv: W=100, C=400, first 2.0, second 0.5, end 0, N=50·78=3900.
     lam = lambda s: rg.custom_lr_lambda(s, warmup_steps=100, const_end=400, total_steps=3900,  # noqa: E731
                                         first_lr=2.0, second_lr=0.5, end_lr=0.0)
     assert lam(0) == 0.0 and lam(1) == pytest.approx(0.02) and lam(99) == pytest.approx(1.98)

@@ -1,13 +1,13 @@
 """AdaLoRA (Zhang et al., 2023) and VILoRA: SVD-form adapters whose triplets are pruned to a rank budget.
 
-Per adapted layer ``W: [out, in]`` (SPEC A.1, A.4)::
+Per adapted layer ``W: [out, in]``, as PEFT 0.11's ``SVDLinear`` computes it (AdaLoRA paper, eq. 3)::
 
     ΔW = B (A ⊙ E) * alpha / (ranknum + 1e-5)        A: [r, in], E: [r, 1], B: [out, r]
     y  = W x + ((dropout(x) @ (A ⊙ E)ᵀ) @ Bᵀ) * alpha / (ranknum + 1e-5)
 
 ``ranknum`` is a frozen ``[1]`` parameter equal to ``init_r`` for the adapter's whole life (pruning zeroes
-entries of E; it does not change ranknum). ``AdaLoraModel`` adds the orthogonality penalty (SPEC B) to the
-loss and hands budget scheduling and masking to ``peft.rank_allocator.RankAllocator``.
+entries of E; it does not change ranknum). ``AdaLoraModel`` adds the orthogonality penalty (AdaLoRA paper, eq. 4)
+to the loss and hands budget scheduling and masking to ``peft.rank_allocator.RankAllocator``.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class SVDLinear(AdapterLayer):
                      init_lora_weights: Any, **kwargs: Any) -> None:
         """(Re)create the adapter at rank ``r``.
 
-        RNG consumption is PEFT 0.11's (SPEC A.2): ``randn(r, in)``, ``randn(r, 1)``, ``randn(out, r)``,
+        RNG consumption is PEFT 0.11's, draw for draw: ``randn(r, in)``, ``randn(r, 1)``, ``randn(out, r)``,
         ``randn(1)`` placeholders, then ``E ~ N(0, 0.02)``, ``A ~ N(0, 0.02)``, ``B ~ N(0, 0.02)``. With
         ``"zero_e"`` E is set to 0 without drawing (current PEFT's order); with False the placeholders stay.
         """
@@ -72,7 +72,7 @@ class SVDLinear(AdapterLayer):
         self._move_to_base_device(adapter_name)
 
     def adapter_delta(self, x: Tensor, result: Tensor) -> Tensor:
-        """``result += ((dropout(x) @ (A ⊙ E)ᵀ) @ Bᵀ) * scaling / (ranknum + 1e-5)`` (SPEC A.4)."""
+        """``result += ((dropout(x) @ (A ⊙ E)ᵀ) @ Bᵀ) * scaling / (ranknum + 1e-5)`` (PEFT's operation order)."""
         name = self.adapter_name
         lora_A, lora_B, lora_E = self.lora_A[name], self.lora_B[name], self.lora_E[name]
         x = x.to(lora_A.dtype)
@@ -90,7 +90,7 @@ class SVDLinear(AdapterLayer):
         return delta * self.scaling[adapter_name] / (self.ranknum[adapter_name] + 1e-5)
 
     def resize(self, mask: list[bool]) -> None:
-        """Keep only the triplets with ``mask[i]`` True (SPEC A.6); ``len(mask)`` is init_r.
+        """Keep only the triplets with ``mask[i]`` True, as PEFT's resize does; ``len(mask)`` is init_r.
 
         The layer is rebuilt at rank ``k = sum(mask)`` (consuming RNG as ``update_layer``) and the kept slices
         ``A[mask]``, ``E[mask]``, ``B[:, mask]`` and the old ranknum are copied back. A layer already at rank k
@@ -119,7 +119,7 @@ class SVDLinear(AdapterLayer):
 
 
 def orthogonal_penalty(model: nn.Module, adapter_name: str) -> Tensor:
-    """Mean Frobenius distance of ``A Aᵀ`` and ``Bᵀ B`` from the identity (SPEC B; AdaLoRA Eq. 4).
+    """Mean Frobenius distance of ``A Aᵀ`` and ``Bᵀ B`` from the identity (AdaLoRA paper, eq. 4; PEFT's form).
 
     ``R = (1/N) Σ ‖C − I‖_F`` over every ``lora_A``/``lora_B`` parameter of ``model`` whose name contains the
     adapter name; ``C = A Aᵀ`` for A ``[r, in]``, ``C = Bᵀ B`` for B ``[out, r]``; rank-0 matrices add 0 but
@@ -142,7 +142,7 @@ def orthogonal_penalty(model: nn.Module, adapter_name: str) -> Tensor:
 class AdaLoraModel(LoraModel):
     """Tuner for AdaLoRA: SVD layers at ``init_r``, orthogonal penalty, and the rank allocator.
 
-    Training-loop protocol (SPEC C.6): after ``loss.backward()`` and ``optimizer.step()`` and *before*
+    Training-loop protocol (the same as PEFT's): after ``loss.backward()`` and ``optimizer.step()`` and *before*
     ``zero_grad()``, call ``update_and_allocate(global_step)``. The allocator is created only for a trainable
     adapter and holds the live config, so setting ``config.total_step`` after construction is seen.
     """
@@ -173,7 +173,7 @@ class AdaLoraModel(LoraModel):
 
     # ------------------------------------------------------------------ forward with the penalty
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the model; if it returned a loss (labels given), add ``orth_reg_weight * R`` (SPEC B)."""
+        """Call the model; if it returned a loss (labels given), add ``orth_reg_weight * R`` (orthogonal_penalty)."""
         outputs = self.model(*args, **kwargs)
         loss = getattr(outputs, "loss", None)
         weight = self.peft_config[self.active_adapter].orth_reg_weight
@@ -195,7 +195,7 @@ class AdaLoraModel(LoraModel):
         self._allocator().set_optimizer(optimizer)
 
     def update_and_allocate(self, global_step: int) -> None:
-        """Update importance scores and mask E to the step's budget (SPEC C.5, C.6, D.5)."""
+        """Update importance scores and mask E to the step's budget (see ``RankAllocator.update_and_allocate``)."""
         self._allocator().update_and_allocate(self.model, global_step)
 
     @property
@@ -219,7 +219,7 @@ class AdaLoraModel(LoraModel):
 
     # ------------------------------------------------------------------ resizing
     def resize_modules_by_rank_pattern(self, rank_pattern: dict, adapter_name: Optional[str] = None) -> None:
-        """Shrink layers to a rank pattern ``{"<path>.lora_E[.<adapter>]": [bool] * init_r}`` (SPEC A.6)."""
+        """Shrink layers to a rank pattern ``{"<path>.lora_E[.<adapter>]": [bool] * init_r}`` (``SVDLinear.resize``)."""
         adapter_name = adapter_name or self.active_adapter
         trainable = not self.peft_config[self.active_adapter].inference_mode
         for key, mask in rank_pattern.items():

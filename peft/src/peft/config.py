@@ -1,7 +1,7 @@
 """Adapter configurations: ``LoraConfig``, ``AdaLoraConfig`` and ``VILoraConfig``, and their JSON form.
 
 A config is a plain dataclass. Its fields are exactly the keys of ``adapter_config.json`` as written by
-Hugging Face PEFT 0.11 (SPEC F.2), so files travel both ways. Writing never mutates the live object:
+Hugging Face PEFT 0.11, so files travel both ways. Writing never mutates the live object:
 ``to_file_dict`` returns a copy with the on-disk conventions applied (``inference_mode`` true, rank-pattern
 keys without the adapter name, VILoRA stored as ``"peft_type": "ADALORA"`` plus a ``"criterion"`` key).
 """
@@ -71,7 +71,7 @@ class PeftConfig:
         return out
 
     def to_file_dict(self, adapter_name: str = "default") -> dict[str, Any]:
-        """The dict written to ``adapter_config.json`` (SPEC F.2): ``inference_mode`` is always true."""
+        """The dict written to ``adapter_config.json``: ``inference_mode`` is always true, as in PEFT."""
         out = self.to_dict()
         out["inference_mode"] = True
         return out
@@ -279,13 +279,13 @@ class AdaLoraConfig(LoraConfig):
 
     def validate_schedule(self) -> None:
         """Checks that need ``total_step`` (no budgeting phase, missing total_step, ...), with the numbers in
-        the message; the same rule ``RankAllocator.update_and_allocate`` applies at its first call (SPEC C.2)."""
+        the message; ``RankAllocator.update_and_allocate`` applies the same rule at its first call."""
         from .rank_allocator import validate_schedule
 
         validate_schedule(self, self.init_r, self.target_r)
 
     def to_file_dict(self, adapter_name: str = "default") -> dict[str, Any]:
-        """As in PEFT: rank-pattern keys lose ``.<adapter>`` and masks become plain bool lists (SPEC F.2)."""
+        """As in PEFT: rank-pattern keys lose ``.<adapter>`` and masks become plain bool lists."""
         out = super().to_file_dict(adapter_name)
         if self.rank_pattern is not None:
             out["rank_pattern"] = {

@@ -8,8 +8,8 @@ Two kinds of criterion:
   variational posterior ``θ ~ N(μ, σ²)`` that IVON keeps per parameter. They live in
   :data:`POSTERIOR_SCORES`; adding a criterion is one function and one line in that dict.
 
-Numerics of the folded normal (PAPER defect 4)
-----------------------------------------------
+Numerics of the folded normal (README, fixed defect 4)
+------------------------------------------------------
 For ``θ ~ N(μ, σ²)`` the textbook moments of ``|θ|`` are
 
     E|θ|   = μ·erf(μ/(σ√2)) + σ·√(2/π)·exp(−μ²/(2σ²))
@@ -174,7 +174,7 @@ def get_criterion(name: str) -> Callable[[Tensor, Tensor], Tensor] | type[Sensit
 
 
 class SensitivityScore:
-    """AdaLoRA's smoothed sensitivity (SPEC C.3), one state per parameter name.
+    """AdaLoRA's smoothed sensitivity, as PEFT's ``RankAllocator`` keeps it, one state per parameter name.
 
     For a parameter θ with gradient ∇θ (AdaLoRA paper, eqs. 8–10)::
 

@@ -2,7 +2,7 @@
 
 ``AdapterLayer`` holds what LoRA and AdaLoRA share: the frozen ``base_layer``, per-adapter hyper-parameters,
 merging and disabling. ``LoraLinear`` is standard LoRA with ``lora_A``/``lora_B`` as ``nn.Linear`` submodules,
-so its state-dict keys end in ``.weight`` (``<path>.lora_A.<adapter>.weight``, SPEC F.3).
+so its state-dict keys end in ``.weight`` (``<path>.lora_A.<adapter>.weight``), as in PEFT.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fully trained copies of small modules (e.g. the classification head) saved with the adapter (SPEC A.8).
+"""Fully trained copies of small modules (e.g. the classification head) saved with the adapter, as in PEFT.
 
 The wrapped module keeps the frozen original at ``<path>.original_module`` and a trainable deep copy at
 ``<path>.modules_to_save.<adapter>``; forward uses the copy unless adapters are disabled. In the adapter file

@@ -10,7 +10,7 @@ Layout (as in Hugging Face PEFT, so state-dict keys match)::
 Calls are forwarded unchanged (``input_ids``, ``attention_mask``, ``token_type_ids``, ``labels``, ...);
 attributes the wrapper lacks (``.device``, ``.gradient_checkpointing_enable``, ...) come from the model.
 For ``task_type="SEQ_CLS"`` the heads ``classifier``/``score`` are added to ``modules_to_save``: they are
-trained in full and stored in the adapter file (SPEC A.8).
+trained in full and stored in the adapter file, as PEFT does for sequence classification.
 """
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ class PeftModel(nn.Module):
 
     # ------------------------------------------------------------------ files
     def save_pretrained(self, save_directory: str, safe_serialization: bool = True, **kwargs: Any) -> None:
-        """Write ``adapter_model.safetensors``, ``adapter_config.json`` and ``README.md`` (SPEC F.1).
+        """Write ``adapter_model.safetensors``, ``adapter_config.json`` and ``README.md``, as PEFT does.
 
         AdaLoRA tensors are cut to the config's rank pattern; the live config is not modified.
         A non-default adapter name goes to ``<save_directory>/<name>``.
@@ -139,7 +139,7 @@ class PeftModel(nn.Module):
     def from_pretrained(cls, model: nn.Module, model_id: str, adapter_name: str = "default",
                         is_trainable: bool = False, config: Optional[PeftConfig] = None,
                         **kwargs: Any) -> "PeftModel":
-        """Build the adapter described in ``model_id`` on ``model`` and load its weights (SPEC F.4).
+        """Build the adapter described in ``model_id`` on ``model`` and load its weights.
 
         ``is_trainable=False`` freezes the adapter, creates no rank allocator and puts the model in eval mode.
         """
@@ -156,8 +156,8 @@ class PeftModel(nn.Module):
                      **kwargs: Any) -> None:
         """Load weights from ``model_id`` into this model's adapter (one adapter per model).
 
-        AdaLoRA layers are first shrunk to the file's rank pattern (SPEC A.6) and the live config takes that
-        pattern. Call this before creating the optimizer: resizing replaces the adapter parameters.
+        AdaLoRA layers are first shrunk to the file's rank pattern (``SVDLinear.resize``) and the live config takes
+        that pattern. Call this before creating the optimizer: resizing replaces the adapter parameters.
         """
         if adapter_name != self.active_adapter:
             raise ValueError(

@@ -49,7 +49,7 @@ def _check_schedule(init_bgt: int, target_bgt: int, tinit: int, tfinal: int, tot
 def budget_at_step(
     step: int, *, init_bgt: int, target_bgt: int, tinit: int, tfinal: int, total_step: int, deltaT: int
 ) -> tuple[int, bool]:
-    """Rank budget at ``step`` and whether to mask there (SPEC C.2; AdaLoRA paper eq. 12).
+    """Rank budget at ``step`` and whether to mask there (AdaLoRA paper, eq. 12; PEFT's ``budget_schedule``).
 
     With ``T = total_step``, ``t_i = tinit``, ``t_f = tfinal`` and ``last = T − max(t_f, 1)``:
 
@@ -58,9 +58,9 @@ def budget_at_step(
       ``m = 1 − (step − t_i)/(T − t_f − t_i)``, masking when ``step % deltaT == 0``;
     * ``step >= last``: ``(target_bgt, True)``: the final budget is fixed at ``last`` and re-applied after.
 
-    ``last = T − t_f`` for ``t_f >= 1``, where the cubic already equals target_bgt (the reference forces the
-    mask there too). For ``t_f = 0`` it is ``T − 1``, the last step a training loop reaches; the reference
-    never fixed the final budget in that case (PAPER defect 9).
+    ``last = T − t_f`` for ``t_f >= 1``, where the cubic already equals target_bgt (PEFT forces the
+    mask there too). For ``t_f = 0`` it is ``T − 1``, the last step a training loop reaches; PEFT with the
+    paper's script never fixed the final budget in that case (README, fixed defect 9).
 
     Raises:
         ValueError: for a schedule without budgeting phase or other invalid arguments.
@@ -229,7 +229,7 @@ class RankAllocator:
         return all(n in held for n in names)
 
     def triplet_scores(self, model: nn.Module) -> dict[str, Tensor]:
-        """Per-module triplet importance ``S_i = s(λ_i) + mean_j s(Q_ij) + mean_k s(P_ki)`` (SPEC C.4; eq. 11).
+        """Per-module triplet importance ``S_i = s(λ_i) + mean_j s(Q_ij) + mean_k s(P_ki)`` (AdaLoRA paper, eq. 11).
 
         Returns ``{module path: Tensor[r]}`` in named-parameter order, from the current element scores.
         """
@@ -283,7 +283,8 @@ class RankAllocator:
 
     # ------------------------------------------------------------------------------------------------ step
     def update_and_allocate(self, model: nn.Module, global_step: int) -> None:
-        """One allocation step (SPEC C.5/C.6/D.5); call after ``optimizer.step()``, before ``zero_grad()``.
+        """One allocation step, as in PEFT's AdaLoRA and the paper's VILoRA; call after ``optimizer.step()``,
+        before ``zero_grad()``.
 
         With ``T = total_step`` and ``last = T − max(tfinal, 1)``:
 
@@ -356,7 +357,7 @@ class RankAllocator:
         return kept
 
     def state_dict(self) -> dict[str, Any]:
-        """torch.save-able allocator state: scores/EMAs, rank pattern, current budget (PAPER defect 8)."""
+        """torch.save-able allocator state: scores/EMAs, rank pattern, current budget (README, fixed defect 8)."""
         return {
             "criterion": self.criterion,
             "adapter_name": self.adapter_name,

@@ -1,4 +1,4 @@
-"""Adapter files: ``adapter_model.safetensors`` keys, save-time rank resize, and loading (SPEC F.3, F.4).
+"""Adapter files: ``adapter_model.safetensors`` keys, save-time rank resize, and loading, in PEFT's format.
 
 Keys on disk, all under ``base_model.model.`` and without the adapter name:
 
@@ -45,7 +45,11 @@ def _resize_tensor(key: str, tensor: Tensor, mask: list[bool]) -> Tensor:
 
 
 def get_peft_model_state_dict(model: "PeftModel", adapter_name: Optional[str] = None) -> dict[str, Tensor]:
-    """The tensors ``save_pretrained`` writes, with their on-disk keys (pipeline of SPEC F.3)."""
+    """The tensors ``save_pretrained`` writes, with their on-disk keys.
+
+    In PEFT's order: keep the adapter's ``lora_`` keys, cut AdaLoRA tensors to the rank pattern, add the
+    modules_to_save copies, then drop the adapter name from every key.
+    """
     adapter_name = adapter_name or model.active_adapter
     config = model.peft_config[adapter_name]
     full = model.state_dict()
@@ -69,7 +73,7 @@ def get_peft_model_state_dict(model: "PeftModel", adapter_name: Optional[str] = 
 
 
 def _to_model_key(key: str, adapter_name: str, wrapper_paths: list[str]) -> str:
-    """Map an on-disk key to the in-memory key of a model holding ``adapter_name`` (SPEC F.4 step 3)."""
+    """Map an on-disk key to the in-memory key of a model holding ``adapter_name`` (PEFT's mapping on load)."""
     if not key.startswith(PREFIX):
         key = PREFIX + key
     body = key[len(PREFIX):]

@@ -1,9 +1,10 @@
-"""Which modules of a transformers model get an adapter (SPEC A.7).
+"""Which modules of a transformers model get an adapter, by PEFT's default lists and matching rules.
 
 ``target_modules`` is either a list of names, matched against a module path ``p`` when ``p == name`` or
 ``p.endswith("." + name)``, or a string, which must match the whole path as a regular expression. When it is
 None the model type's default list is used. Modules listed in ``modules_to_save`` (and everything below them)
-are never adapted: they are trained as full copies instead (current PEFT behaviour, SPEC A.8).
+are never adapted: they are trained as full copies instead (current PEFT behaviour; PEFT 0.11 adapted them
+before copying).
 """
 from __future__ import annotations
 
@@ -90,7 +91,7 @@ def matches_target(path: str, target_modules: Union[list[str], str]) -> bool:
 
 
 def is_under_modules_to_save(path: str, modules_to_save: Optional[list[str]]) -> bool:
-    """True if ``path`` or one of its ancestors is a modules_to_save target (plain suffix match, SPEC A.8)."""
+    """True if ``path`` or one of its ancestors is a modules_to_save target (plain suffix match, as in PEFT)."""
     if not modules_to_save:
         return False
     parts = path.split(".")
@@ -111,7 +112,7 @@ def adaptable_module_names(model: nn.Module) -> list[str]:
 def find_targets(
     model: nn.Module, target_modules: Union[list[str], str], modules_to_save: Optional[list[str]] = None
 ) -> list[str]:
-    """Paths of the modules to adapt, in ``named_modules()`` order (which fixes the RNG order, SPEC A.2).
+    """Paths of the modules to adapt, in ``named_modules()`` order (which fixes the RNG order, as in PEFT).
 
     Raises ValueError if nothing matches (naming the Linear modules the model has) or if a matched module is
     not a Linear-like layer.

@@ -1,6 +1,6 @@
 """``LoraModel``: puts adapter layers into a transformers model and manages them as a whole.
 
-Injection (SPEC A.2, A.7, A.8):
+Injection, in PEFT's order:
 1. ``target_modules`` defaults to the model type's list (``peft.targets``).
 2. Matching modules are replaced, in ``named_modules()`` order, by adapter layers wrapping the original as
    ``base_layer``; creation order fixes the RNG stream, so the same seed gives the same adapter.
