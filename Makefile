@@ -7,7 +7,7 @@ GLUE_DIR ?=
 DEMO_TASK ?= mrpc
 DEMO_OUT  ?= demo_output
 
-.PHONY: install test demo interop bench clean
+.PHONY: install test demo interop bench clean peer-venv
 
 install: $(VENV)/.installed
 
@@ -26,13 +26,17 @@ test: install
 demo: install
 	GLUE_DIR="$(GLUE_DIR)" DEMO_TASK="$(DEMO_TASK)" DEMO_OUT="$(DEMO_OUT)" $(PY) scripts/demo.py
 
-# Opt-in: our adapters <-> Hugging Face PEFT 0.21.2, in a separate venv (.venv-hfpeft) since both are `peft`.
+# Opt-in: our adapters <-> Hugging Face PEFT 0.21.2, in a separate venv (.venv-hfpeft) since both are `peft`;
+# it also runs the training script with the peer's adapters (bench/peer_hf_peft.py), hence the data packages.
 HF_VENV := .venv-hfpeft
 
 $(HF_VENV)/.installed:
 	test -x $(HF_VENV)/bin/python || $(PYTHON) -m venv $(HF_VENV)
-	$(HF_VENV)/bin/python -m pip install -q torch==2.13.0 transformers==5.24.0 safetensors peft==0.21.2
+	$(HF_VENV)/bin/python -m pip install -q torch==2.13.0 transformers==5.24.0 safetensors peft==0.21.2 \
+		"datasets>=2.18" "evaluate>=0.4.1" "accelerate>=0.30" "scipy>=1.10" "scikit-learn>=1.3" tqdm sentencepiece regex
 	touch $@
+
+peer-venv: $(HF_VENV)/.installed
 
 interop: install $(HF_VENV)/.installed
 	PEFT_INTEROP=1 HF_PEFT_PYTHON=$(HF_VENV)/bin/python $(PY) -m pytest -q tests/test_peft_interop.py
