@@ -258,6 +258,15 @@ def validate_args(args: argparse.Namespace) -> None:
         raise UsageError("--glue_dir needs --task_name")
     if args.output_dir is None:
         raise UsageError("--output_dir is required")
+    if not args.output_dir.strip():  # Path("") is the current directory
+        raise UsageError("--output_dir is empty; give the folder for this run's outputs")
+    out = Path(args.output_dir)
+    for p in (out, *out.parents):  # the nearest thing that exists must be a folder (broken links included)
+        if os.path.lexists(p):
+            if not p.is_dir():
+                raise UsageError(f"--output_dir {out} exists and is not a directory" if p == out else
+                                 f"--output_dir {out}: {p} is in the way (not a directory)")
+            break
     if args.lora_type not in ("lora", "adalora", "vilora"):
         raise UsageError(f"unknown --lora_type {args.lora_type!r}; valid: lora, adalora, vilora")
     if args.lora_type != "lora" and not args.apply_lora:
@@ -304,7 +313,6 @@ def validate_args(args: argparse.Namespace) -> None:
         if args.report_to == "all" and not (_importable("tensorboard") or _importable("wandb")):
             raise UsageError("--with_tracking needs tensorboard or wandb installed (neither is); "
                              "install one or drop --with_tracking")
-    out = Path(args.output_dir)
     if (out / "all_results.json").exists() and not args.overwrite_output_dir:
         raise AlreadyFinished(f"{out} already holds finished results (all_results.json); skipping. "
                               "Pass --overwrite_output_dir to run again.")
