@@ -318,7 +318,7 @@ def validate_args(args: argparse.Namespace) -> None:
                               "Pass --overwrite_output_dir to run again.")
     if args.resume_from_checkpoint not in (None, "latest") and not Path(args.resume_from_checkpoint).is_dir():
         raise UsageError(f"--resume_from_checkpoint {args.resume_from_checkpoint} is not a directory")
-    if args.resume_from_checkpoint is None and not args.overwrite_output_dir and _checkpoints(out):
+    if args.resume_from_checkpoint is None and not args.overwrite_output_dir and _checkpoint_dirs(out):
         raise UsageError(f"{out} holds checkpoints of an unfinished run; pass --resume_from_checkpoint latest "
                          "to continue it or --overwrite_output_dir to start over")
 
@@ -760,6 +760,46 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+class _FullWriter:
+    """A file for torch.save whose write() writes every byte or raises OSError, and remembers that error: torch.save
+    reports a failed write (a full disk, a file size limit) only as an obscure 'unexpected pos' RuntimeError."""
+
+    def __init__(self, fd: int, path: Path):
+        self.fd, self.path, self.error = fd, path, None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        n = view.nbytes
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as e:
+            self.error = self.error or OSError(e.errno, e.strerror, str(self.path))
+            raise self.error from None
+        return n
+
+    def flush(self) -> None:
+        pass
+
+
+def _save_file(path: Path, obj: Any, fsync: bool = False) -> None:
+    """Write `obj` to `path`: bytes as they are, anything else with torch.save; with `fsync`, on disk on return
+    (a checkpoint's completion marker may only vouch for what is on disk). A failed write is an OSError."""
+    with open(path, "wb", buffering=0) as f:
+        writer = _FullWriter(f.fileno(), path)
+        if isinstance(obj, bytes):
+            writer.write(obj)
+        else:
+            try:
+                torch.save(obj, writer)
+            except RuntimeError:
+                if writer.error is not None:
+                    raise writer.error from None
+                raise
+        if fsync:
+            os.fsync(f.fileno())
+
+
 def _torch_save_atomic(obj: Any, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
@@ -1033,13 +1073,63 @@ def run_eval(run: Run, state: TrainState, log: JsonlLog, epoch: float) -> dict[s
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
-def _checkpoints(out: Path) -> list[Path]:
-    """Complete checkpoints (a step_<n> folder only appears by an atomic rename), oldest first."""
+CHECKPOINT_MARKER = "complete.json"  # written last: every other file of the checkpoint with its size
+
+
+def _checkpoint_dirs(out: Path) -> list[Path]:
+    """Every OUT/checkpoints/step_<n> folder, complete or not, oldest first."""
     root = out / "checkpoints"
     if not root.is_dir():
         return []
     found = [d for d in root.iterdir() if d.is_dir() and d.name.startswith("step_") and d.name[5:].isdigit()]
     return sorted(found, key=lambda d: int(d.name[5:]))
+
+
+def _checkpoint_problem(path: Path) -> str | None:
+    """Why checkpoint folder `path` cannot be resumed (None: it is complete): no completion marker, a file it
+    lists missing or of another size (truncated), or a state.json that is not this script's training state."""
+    try:
+        if not any(path.iterdir()):
+            return "empty folder"
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    try:
+        files = json.loads((path / CHECKPOINT_MARKER).read_text())["files"]
+        if not (isinstance(files, dict) and "state.json" in files and all(
+                isinstance(n, str) and "/" not in n and n not in ("", ".", "..") and isinstance(size, int)
+                for n, size in files.items())):
+            raise ValueError
+    except FileNotFoundError:
+        return f"no {CHECKPOINT_MARKER}: it was never finished"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{CHECKPOINT_MARKER} is unreadable"
+    for name, size in files.items():
+        if not (path / name).is_file():
+            return f"{name} is missing"
+        if (path / name).stat().st_size != size:
+            return f"{name} has {(path / name).stat().st_size} bytes, {size} were written"
+    try:
+        state = TrainState(**json.loads((path / "state.json").read_text()))
+        if not (isinstance(state.seed, int) and isinstance(state.completed_steps, int)):
+            raise TypeError
+    except (OSError, ValueError, TypeError):
+        return "state.json does not hold a training state"
+    return None
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints (`_checkpoint_problem` finds none), oldest first."""
+    return [d for d in _checkpoint_dirs(out) if _checkpoint_problem(d) is None]
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a new file, a rename) durable; filesystems that cannot are left as they are."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def load_torch_file(path: Path, map_location=None) -> Any:
@@ -1094,10 +1184,12 @@ def _set_rng_states(states: dict) -> None:
 def save_checkpoint(run: Run, state: TrainState) -> Path:
     """Write OUT/checkpoints/step_<n>/ (trainable weights, optimizer, scheduler, allocator, RNG, data position).
 
-    Everything goes into a hidden temp folder first, which is then renamed, so a kill at any moment leaves
-    either the complete checkpoint or none. Several processes: every process writes its own RNG state into
-    the temp folder; weights, optimizer, scheduler and allocator state are identical on all of them (DDP and
-    IVON's sync make every update the same), so the main process writes the single copy.
+    Everything goes into a hidden temp folder first, each file fsynced; complete.json, listing every file with
+    its size, is written last and fsynced with the folder, which is then renamed. So a kill or a power cut at
+    any moment leaves either a complete checkpoint or one that `_checkpoint_problem` rejects. Several processes:
+    every process writes its own RNG state into the temp folder; weights, optimizer, scheduler and allocator
+    state are identical on all of them (DDP and IVON's sync make every update the same), so the main process
+    writes the single copy.
     """
     acc = run.accelerator
     root = run.out / "checkpoints"
@@ -1108,23 +1200,26 @@ def save_checkpoint(run: Run, state: TrainState) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
         tmp.mkdir()
     acc.wait_for_everyone()
-    torch.save(_rng_states(), tmp / _rng_file(acc.process_index))
+    _save_file(tmp / _rng_file(acc.process_index), _rng_states(), fsync=True)
     if acc.is_main_process:
         model = run.peft_model
         weights = model.state_dict() if run.kind == "full" else \
             {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-        torch.save(weights, tmp / "model.pt")
-        torch.save(run.optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(run.scheduler.state_dict(), tmp / "scheduler.pt")
+        _save_file(tmp / "model.pt", weights, fsync=True)
+        _save_file(tmp / "optimizer.pt", run.optimizer.state_dict(), fsync=True)
+        _save_file(tmp / "scheduler.pt", run.scheduler.state_dict(), fsync=True)
         if run.adaptive:
-            torch.save(model.base_model.allocator_state_dict(), tmp / "allocator.pt")
+            _save_file(tmp / "allocator.pt", model.base_model.allocator_state_dict(), fsync=True)
         if run.start_means is not None:
-            torch.save(run.start_means, tmp / "start_means.pt")
+            _save_file(tmp / "start_means.pt", run.start_means, fsync=True)
         if acc.scaler is not None:
-            torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
-        (tmp / "state.json").write_text(json.dumps(dataclasses.asdict(state)))
+            _save_file(tmp / "scaler.pt", acc.scaler.state_dict(), fsync=True)
+        _save_file(tmp / "state.json", json.dumps(dataclasses.asdict(state)).encode(), fsync=True)
     acc.wait_for_everyone()  # every RNG file is in place
     if acc.is_main_process:
+        sizes = {f.name: f.stat().st_size for f in sorted(tmp.iterdir())}
+        _save_file(tmp / CHECKPOINT_MARKER, json.dumps({"files": sizes}).encode(), fsync=True)
+        _fsync_dir(tmp)
         os.chmod(tmp, 0o755)
         if final.exists():  # e.g. an epoch checkpoint at the step of a step checkpoint: replace it
             old = root / f".old_{final.name}"
@@ -1133,6 +1228,7 @@ def save_checkpoint(run: Run, state: TrainState) -> Path:
             shutil.rmtree(old)
         else:
             os.replace(tmp, final)
+        _fsync_dir(root)
     return final
 
 
@@ -1372,16 +1468,35 @@ def push_outputs(args: argparse.Namespace, repo: str, out: Path) -> None:
 
 # ----------------------------------------------------------------------------------------------- main
 def _resume_point(args: argparse.Namespace, out: Path) -> Path | None:
-    """The checkpoint folder to resume from: --resume_from_checkpoint PATH, or the newest one for 'latest'
-    (None when there is none yet, so that a preemptible job can always pass 'latest')."""
+    """The checkpoint folder to resume from: --resume_from_checkpoint PATH, or for 'latest' the newest complete
+    one, skipping newer ones that are not (a one-line warning each); None when there is none, so that a
+    preemptible job can always pass 'latest'."""
     if args.resume_from_checkpoint == "latest":
-        found = _checkpoints(out)
-        return found[-1] if found else None
+        skipped = False
+        for path in reversed(_checkpoint_dirs(out)):
+            problem = _checkpoint_problem(path)
+            if problem is None:
+                return path
+            if _is_main_launch():
+                print(f"run_glue_no_trainer.py: warning: skipping checkpoint {path}: {problem}; falling back to the "
+                      "one before", file=sys.stderr)
+            skipped = True
+        if skipped and _is_main_launch():
+            print("run_glue_no_trainer.py: warning: no complete checkpoint left; starting from the beginning",
+                  file=sys.stderr)
+        return None
     if args.resume_from_checkpoint is None:
         return None
+    # A folder named explicitly is used as it is (one of an older version has no completion marker); the
+    # loaders name any file in it that is truncated or not what it should be.
     path = Path(args.resume_from_checkpoint)
     if not (path / "state.json").is_file():
         raise UsageError(f"--resume_from_checkpoint {path} is not a checkpoint folder (no state.json)")
+    try:
+        if not isinstance(json.loads((path / "state.json").read_text())["seed"], int):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"--resume_from_checkpoint {path}: state.json does not hold a training state") from None
     return path
 
 
