@@ -1,20 +1,27 @@
-"""run_glue_no_trainer.py and its output folder: what it refuses, checkpoints.
+"""run_glue_no_trainer.py and its output folder: what it refuses, what it deletes, checkpoints.
 
-* An empty --output_dir, or one that is or goes through a file: one line, status 2.
+* Nothing the script did not write is deleted: a folder holding another run's files (or files the run would
+  replace) is refused without --overwrite_output_dir; with it, only what the manifest lists goes.
+* An empty --output_dir, a file in the way, a folder that cannot be written, a full disk: one line, status 2.
 * Resuming from 'latest' skips damaged checkpoints, with a warning each, and continues exactly.
 
-In-process runs call main(argv) on a tiny DeBERTa-v2.
+In-process runs call main(argv) on a tiny DeBERTa-v2; file size limits use real processes.
 """
 from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from _run_glue_utils import load_script, make_tiny_model, read_log, read_results, write_tiny_glue
+from _run_glue_utils import (REPO, SCRIPT, have_adapters, load_script, make_tiny_model, read_log, read_results,
+                             write_tiny_glue)
 
 rg = load_script()
 
@@ -32,11 +39,38 @@ def run_main(tiny, out, *extra, steps: int = 2) -> int:
                     "--learning_rate", "1e-3", "--max_train_steps", str(steps), *map(str, extra)])
 
 
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every path under `folder` with its bytes (None for a folder)."""
+    return {p.relative_to(folder).as_posix(): None if p.is_dir() else p.read_bytes() for p in sorted(folder.rglob("*"))}
+
+
 def error_line(capsys) -> str:
     """The run's stderr, which must be exactly one error line."""
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("run_glue_no_trainer.py: error: "), err
     return err[0]
+
+
+def manifest(out: Path) -> list[str]:
+    return json.loads((out / rg.MANIFEST).read_text())["written"]
+
+
+def assert_manifest_covers(out: Path, others: set[str] = frozenset()) -> None:
+    """Every file in `out` is the manifest, one of `others`, or under a manifest entry; every entry of a
+    file or folder written whole exists (no temp names left over)."""
+    entries = manifest(out)
+    whole = [e for e in entries if not e.endswith("/")]
+    assert all((out / e).exists() for e in whole), whole
+    for path in out.rglob("*"):
+        rel = path.relative_to(out).as_posix()
+        if path.is_file() and rel not in {rg.MANIFEST} | set(others):
+            assert any(rel == e or rel.startswith(e + "/") for e in whole), rel
+
+
+def _env(**extra) -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+                **extra)
+
 
 
 # ------------------------------------------------------------------------------------------ the output path
@@ -55,6 +89,153 @@ def test_an_output_path_through_a_file_is_refused(tiny, tmp_path, capsys):
     assert run_main(tiny, tmp_path / "f" / "run") == 2
     assert f"{tmp_path / 'f'} is in the way (not a directory)" in error_line(capsys)
     assert (tmp_path / "f").read_text() == "mine" and [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_an_output_folder_that_cannot_be_written_stops_before_loading(tiny, tmp_path, capsys):
+    if os.geteuid() == 0:  # root writes anywhere chmod allows nothing; /proc refuses new files even to root
+        if not Path("/proc/self").is_dir():
+            pytest.skip("no /proc")
+        parent = Path("/proc")
+    else:
+        parent = tmp_path / "ro"
+        parent.mkdir()
+        parent.chmod(0o555)
+    try:
+        assert run_main(tiny, parent / "run_glue_test_out") == 2
+        assert f"--output_dir {parent / 'run_glue_test_out'}: cannot write in {parent} (" in error_line(capsys)
+        assert not (parent / "run_glue_test_out").exists()
+    finally:
+        if parent != Path("/proc"):
+            parent.chmod(0o755)
+
+
+def test_something_in_the_way_of_an_output_is_found_before_training(tiny, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "checkpoints").write_text("a file, not the checkpoint folder")
+    before = snapshot(out)
+    assert run_main(tiny, out, "--overwrite_output_dir", "--checkpointing_steps", "1") == 2
+    assert f"{out / 'checkpoints'} is in the way: this run writes a folder there" in error_line(capsys)
+    assert snapshot(out) == before
+    (out / "checkpoints").unlink()
+    (out / "model.safetensors").mkdir()
+    assert run_main(tiny, out, "--overwrite_output_dir") == 2
+    assert f"{out / 'model.safetensors'} is in the way: this run writes a file there" in error_line(capsys)
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors"]
+
+
+# ------------------------------------------------------------------------------------------ never delete
+def test_another_runs_files_are_refused_then_kept_when_overwriting(tiny, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "keep.txt").write_text("the user's notes")
+    (out / "rank_pattern.json").write_text('{"mine": true}')
+    (out / "ivon_state.pt").write_bytes(b"not the script's")
+    (out / "train.log").write_text("what the sweep launcher appends\n")
+    before = snapshot(out)
+
+    assert run_main(tiny, out) == 2
+    line = error_line(capsys)
+    assert "holds files of another run or files this run would replace (rank_pattern.json, ivon_state.pt, " \
+           "checkpoints)" in line and "--overwrite_output_dir" in line
+    assert snapshot(out) == before  # nothing written, nothing deleted
+
+    # Overwriting deletes only what a run of this script wrote: here nothing; the run writes beside the files.
+    assert run_main(tiny, out, "--overwrite_output_dir", "--checkpointing_steps", "1") == 0
+    assert {k: v for k, v in snapshot(out).items() if k in before} == before
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["keep.txt", "step_1", "step_2"]
+    assert_manifest_covers(out, others={"checkpoints/keep.txt", "rank_pattern.json", "ivon_state.pt", "train.log"})
+    assert "checkpoints/" not in manifest(out)  # the user made it: it is not this script's to remove
+
+    # The next overwrite removes this script's checkpoints and outputs, and again nothing of the user's.
+    assert run_main(tiny, out, "--overwrite_output_dir", steps=1) == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["keep.txt"]
+    assert {k: v for k, v in snapshot(out).items() if k in before} == before
+    assert read_results(out)["train_steps"] == 1
+
+
+def test_unrelated_files_do_not_stop_a_fresh_run(tiny, tmp_path):
+    out = tmp_path / "out"
+    (out / "notes").mkdir(parents=True)
+    (out / "notes" / "plan.md").write_text("seed 3 first")
+    (out / "train.log").write_text("=== launched\n")
+    before = snapshot(out)
+    assert run_main(tiny, out) == 0
+    assert {k: v for k, v in snapshot(out).items() if k in before} == before
+    assert_manifest_covers(out, others={"notes/plan.md", "train.log"})
+
+
+@pytest.mark.skipif(not have_adapters(), reason="peft/ivon packages not available yet")
+def test_overwrite_removes_the_previous_runs_files_of_another_kind(tiny, tmp_path):
+    """An adapter left next to a full fine-tune's model.safetensors would make from_pretrained load the adapter."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "out"
+    assert run_main(tiny, out, "--apply_lora", "--lora_r", "2", "--checkpointing_steps", "1") == 0
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(manifest(out))
+    (out / "notes.txt").write_text("kept")
+    assert run_main(tiny, out, "--overwrite_output_dir", steps=1) == 0
+    names = {p.name for p in out.iterdir()}
+    assert not names & {"adapter_config.json", "adapter_model.safetensors", "README.md", "checkpoints"}
+    assert {"model.safetensors", "config.json", "notes.txt"} <= names and (out / "notes.txt").read_text() == "kept"
+    assert_manifest_covers(out, others={"notes.txt"})
+    saved = load_file(out / "model.safetensors")
+    loaded = AutoModelForSequenceClassification.from_pretrained(out).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items())
+
+
+def test_a_crafted_manifest_deletes_nothing_outside_the_folder(tiny, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("someone else's")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / rg.MANIFEST).write_text(json.dumps({"written": ["../victim.txt", str(victim), "a/../../victim.txt",
+                                                           "..", "/"]}))
+    assert run_main(tiny, out, "--overwrite_output_dir") == 0
+    assert victim.read_text() == "someone else's" and (out / "all_results.json").is_file()
+
+
+def test_latest_without_a_checkpoint_starts_its_own_attempt_over(tiny, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_main(tiny, out) == 0
+    (out / "all_results.json").unlink()  # as if killed before the end, with no checkpoint
+    (out / "train.log").write_text("the launcher's\n")
+    capsys.readouterr()
+    assert run_main(tiny, out) == 2  # a fresh run may not take over another run's files
+    assert "log.jsonl, run_config.json" in error_line(capsys)
+    assert run_main(tiny, out, "--resume_from_checkpoint", "latest", steps=3) == 0  # a preemptible job may
+    assert read_results(out)["train_steps"] == 3 and [r["step"] for r in read_log(out) if "lr" in r] == [1, 2, 3]
+    assert (out / "train.log").read_text() == "the launcher's\n"
+
+
+# ------------------------------------------------------------------------------------------ full disk
+def _limited_run(tiny, out: Path, max_bytes: int, *extra) -> subprocess.CompletedProcess:
+    """The script in a process that may write no file larger than `max_bytes` (RLIMIT_FSIZE: writes beyond fail
+    with EFBIG, as they would with ENOSPC on a full disk)."""
+    model, glue = tiny
+    cmd = [sys.executable, str(SCRIPT), "--model_name_or_path", str(model), "--task_name", "rte", "--glue_dir",
+           str(glue), "--output_dir", str(out), "--seed", "3", "--max_train_steps", "2", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO, env=_env(),
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes)))
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "outputs"])
+def test_a_full_disk_is_one_line(tiny, tmp_path, where):
+    out = tmp_path / "out"
+    extra = ["--checkpointing_steps", "1"] if where == "checkpoint" else []
+    res = _limited_run(tiny, out, 60_000, *extra)  # the tiny model's weights take ~110 kB
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"run_glue_no_trainer.py: error: cannot write the outputs in {out}: ") and \
+        "File too large" in last
+    assert not (out / "all_results.json").exists()
+    if where == "checkpoint":
+        assert "model.pt" in last and not list((out / "checkpoints").iterdir())  # no step_1, no temp folder
+    else:
+        assert "model.safetensors" not in {p.name for p in out.iterdir()}
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != rg.MANIFEST]
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
