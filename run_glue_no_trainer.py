@@ -14,7 +14,8 @@ paper's fork of it (reference/SPEC.md section G); the fork's known defects are f
 Run `python run_glue_no_trainer.py --help` for the flags. Outputs in `--output_dir`: the adapter (or full model)
 and tokenizer, `run_config.json`, `log.jsonl`, `rank_pattern.json` (AdaLoRA/VILoRA), `ivon_state.pt` (IVON),
 `checkpoints/step_<n>/`, and `all_results.json`, written last, so its presence means the run finished.
-`.run_manifest.json` lists what the script wrote there, the only files it ever deletes (--overwrite_output_dir).
+`.run_manifest.json` lists what the script wrote there, the only files it ever deletes (--overwrite_output_dir);
+`.lock` keeps a second run out while one uses the folder (exit status 75).
 A run killed at any point continues exactly where its last checkpoint left off with
 `--resume_from_checkpoint latest` (same flags). On a CPU shared with other jobs, set OMP_NUM_THREADS=1:
 oversubscribed torch threads can make each step ten times slower.
@@ -35,6 +36,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import fcntl
 import functools
 import json
 import math
@@ -43,6 +45,7 @@ import pickle
 import platform
 import random
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -130,6 +133,13 @@ class TrainingError(Exception):
 
 class AlreadyFinished(Exception):
     """The output directory already holds a finished run: say so and exit 0."""
+
+
+class OutputDirBusy(Exception):
+    """Another live run holds the output directory's lock: one line on stderr, exit status EXIT_BUSY."""
+
+
+EXIT_BUSY = 75  # EX_TEMPFAIL: scripts/launch.sh counts such a run as busy (try again later), not as failed
 
 
 # ----------------------------------------------------------------------------------------------- arguments
@@ -317,7 +327,7 @@ def validate_args(args: argparse.Namespace) -> None:
                              "install one or drop --with_tracking")
     if args.resume_from_checkpoint not in (None, "latest") and not Path(args.resume_from_checkpoint).is_dir():
         raise UsageError(f"--resume_from_checkpoint {args.resume_from_checkpoint} is not a directory")
-    # What the output folder holds is checked by _claim_output_dir.
+    # What the output folder holds is checked under its lock, by _claim_output_dir.
 
 
 def _importable(module: str) -> bool:
@@ -1081,6 +1091,7 @@ def run_eval(run: Run, state: TrainState, log: JsonlLog, epoch: float) -> dict[s
 
 # ----------------------------------------------------------------------------------------------- output folder
 MANIFEST = ".run_manifest.json"  # what runs of this script wrote in the folder: the only things it ever deletes
+LOCK_FILE = ".lock"              # flock'ed by the run that uses the folder
 # Names this script writes in an output folder (its own and save_pretrained's for models and tokenizers). A folder
 # holding one of them belongs to another run, or would lose a file, unless --overwrite_output_dir says otherwise.
 OUTPUT_NAMES = ("all_results.json", "log.jsonl", "run_config.json", "rank_pattern.json", "ivon_state.pt",
@@ -1108,12 +1119,12 @@ def _agree(acc: Accelerator, error: Exception | None) -> None:
 
 
 def _manifest_entry_ok(entry: Any) -> bool:
-    """A manifest entry names something inside the folder: relative, no '..', not the manifest itself (the
-    manifest is input: a crafted one must not delete anything outside)."""
+    """A manifest entry names something inside the folder: relative, no '..', not the lock or manifest itself
+    (the manifest is input: a crafted one must not delete anything outside)."""
     if not isinstance(entry, str) or not entry.strip("/") or entry.startswith("/") or "\\" in entry:
         return False
     parts = entry.rstrip("/").split("/")
-    return all(p not in ("", ".", "..") for p in parts) and entry.rstrip("/") != MANIFEST
+    return all(p not in ("", ".", "..") for p in parts) and entry.rstrip("/") not in (MANIFEST, LOCK_FILE)
 
 
 def _recorded(out: Path) -> list[str]:
@@ -1169,6 +1180,49 @@ def _remove_recorded(out: Path) -> None:
         with contextlib.suppress(OSError):  # not empty, or gone
             (out / entry).rmdir()
     _write_manifest(out, [])
+
+
+class OutputLock:
+    """An exclusive flock on OUT/.lock, taken by the main process before it writes anything in OUT and held until
+    the run ends. The OS drops a flock when its process dies, so a killed run leaves no stale lock: its file stays,
+    naming the last holder, but only a live holder blocks."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+
+    def acquire(self, out: Path, create: bool) -> None:
+        """Lock OUT/.lock, creating it if `create` (without: a missing file means no run holds it). Raises
+        OutputDirBusy if another process holds it, OSError if it cannot be opened (e.g. it is a symlink)."""
+        if self.fd is not None:
+            return
+        path = out / LOCK_FILE
+        try:  # O_NOFOLLOW: a planted symlink must not make this run truncate someone else's file
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | (os.O_CREAT if create else 0), 0o666)  # umask decides
+        except (FileNotFoundError, PermissionError):
+            if create:
+                raise
+            return  # no run has used the folder, or it cannot be written (which _check_writable reports)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = " ".join(os.pread(fd, 200, 0).decode(errors="replace").split())
+            os.close(fd)
+            raise OutputDirBusy(f"{out} is in use by another run{f' ({holder})' if holder else ''}; wait for it to "
+                                "end or choose another --output_dir") from None
+        except OSError as e:  # a filesystem without locks: go on, but say so
+            os.close(fd)
+            print(f"run_glue_no_trainer.py: warning: cannot lock {path} ({e.strerror}); nothing stops another run "
+                  "from using this folder at the same time", file=sys.stderr)
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        """Unlock (the file stays: deleting it would let two runs lock two different files)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
@@ -1629,7 +1683,7 @@ def _resume_point(args: argparse.Namespace, out: Path) -> Path | None:
     return path
 
 
-def _setup(args: argparse.Namespace) -> tuple[Run, TrainState, Path | None]:
+def _setup(args: argparse.Namespace, lock: OutputLock) -> tuple[Run, TrainState, Path | None]:
     """Claim the output folder (`_claim_output_dir`), then load data and model, build optimizer and schedule, and
     read the checkpoint to resume: everything that can fail on bad input happens here, before anything is
     written in the output folder."""
@@ -1647,7 +1701,7 @@ def _setup(args: argparse.Namespace) -> tuple[Run, TrainState, Path | None]:
     if world != launched:
         raise UsageError(f"launched as {launched} processes (WORLD_SIZE) but accelerate set up {world} "
                          f"({accelerator.distributed_type}); check the launcher's settings (`accelerate config`)")
-    resume = _claim_output_dir(args, out, accelerator)
+    resume = _claim_output_dir(args, out, accelerator, lock)
     # A resumed run must shuffle with the original seed; a fresh run without --seed draws one and records it.
     seed = json.loads((resume / "state.json").read_text())["seed"] if resume else \
         (args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little") % 2**31)
@@ -1777,20 +1831,23 @@ def _check_output_dir(args: argparse.Namespace, out: Path, resume: Path | None) 
                              " there; move it or choose another --output_dir")
 
 
-def _claim_output_dir(args: argparse.Namespace, out: Path, acc: Accelerator) -> Path | None:
-    """Before anything is loaded, on the main process: check that OUT can be written (`_check_writable`) and
-    that this run may use it (`_check_output_dir`), and pick the checkpoint to resume, all without writing. The
-    main process's verdict and choice go to every process, so that all stop alike (exit 0 or 2) and none waits
-    for a main process that has gone. Returns the checkpoint to resume (None: from the beginning)."""
+def _claim_output_dir(args: argparse.Namespace, out: Path, acc: Accelerator, lock: OutputLock) -> Path | None:
+    """Before anything is loaded, on the main process: lock OUT if it has a lock file (a run using OUT made one
+    before writing anything else), check that it can be written (`_check_writable`) and that this run may use
+    it (`_check_output_dir`), and pick the checkpoint to resume, all without writing. The main process's verdict
+    and choice go to every process, so that all stop alike (exit 0, 2 or EXIT_BUSY) and none waits for a main
+    process that has gone. Returns the checkpoint to resume (None: from the beginning)."""
     verdict, resume = None, None
     if acc.is_main_process:
         try:
+            if out.is_dir():
+                lock.acquire(out, create=False)
             _check_writable(out)
             resume = _resume_point(args, out)
             _check_output_dir(args, out, resume)
-        except (AlreadyFinished, UsageError) as e:
+        except (AlreadyFinished, OutputDirBusy, UsageError) as e:
             verdict = e
-        except OSError as e:  # e.g. a folder that cannot be read
+        except OSError as e:  # e.g. a lock file that is a symlink, a folder that cannot be read
             verdict = _output_error(out, e)
     if acc.num_processes > 1:
         from accelerate.utils import broadcast_object_list
@@ -1800,11 +1857,11 @@ def _claim_output_dir(args: argparse.Namespace, out: Path, acc: Accelerator) -> 
     return resume
 
 
-def _prepare_output_dir(run: Run, state: TrainState, resume: Path | None) -> JsonlLog:
-    """Start writing, on the main process: make OUT, check it again (another run may have written there since),
-    delete what earlier runs recorded when this run starts over (with --overwrite_output_dir, or 'latest' with no
-    complete checkpoint; nothing else is ever deleted), trim the log to the checkpoint, and write run_config.json.
-    Every process stops alike on an error.
+def _prepare_output_dir(run: Run, state: TrainState, resume: Path | None, lock: OutputLock) -> JsonlLog:
+    """Start writing, on the main process: make OUT and lock it (if _claim_output_dir found no lock file), check it
+    again under the lock (another run may have written there since), delete what earlier runs recorded when this
+    run starts over (with --overwrite_output_dir, or 'latest' with no complete checkpoint; nothing else is ever
+    deleted), trim the log to the checkpoint, and write run_config.json. Every process stops alike on an error.
     """
     out, args, acc = run.out, run.args, run.accelerator
     log_path = out / "log.jsonl"
@@ -1812,6 +1869,7 @@ def _prepare_output_dir(run: Run, state: TrainState, resume: Path | None) -> Jso
     if acc.is_main_process:
         try:
             out.mkdir(parents=True, exist_ok=True)
+            lock.acquire(out, create=True)
             _check_output_dir(args, out, resume)
             if not _continues(out, resume):
                 _remove_recorded(out)
@@ -1836,7 +1894,7 @@ def _prepare_output_dir(run: Run, state: TrainState, resume: Path | None) -> Jso
                                {"num_processes": acc.num_processes,
                                 "total_train_batch_size": args.per_device_train_batch_size * acc.num_processes} |
                                ({"resumed_from": str(resume)} if resume else {}))
-        except (AlreadyFinished, UsageError) as e:
+        except (AlreadyFinished, OutputDirBusy, UsageError) as e:
             error = e
         except OSError as e:
             error = _output_error(out, e)
@@ -1871,32 +1929,36 @@ def _is_main_launch() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the script; returns the exit status: 0 ok (or the run had already finished), 1 training failed, 2 bad
-    input or an output folder that cannot be written.
+    input or an output folder that cannot be written, EXIT_BUSY (75) the output folder is in use by another run.
 
     Under a distributed launch every process runs this; all of them validate the same flags and data, so a bad
     input stops each with status 2 (reported once, by rank 0) before any of them waits for another. Only the main
-    process looks at and writes the output folder, and it tells the others what it found (`_agree`), so that they
-    stop with it instead of waiting.
+    process looks at, locks and writes the output folder, and it tells the others what it found (`_agree`), so
+    that they stop with it instead of waiting. The folder's lock is released when this returns, and by the OS
+    when the process dies.
     """
+    lock = OutputLock()
     try:
-        return _main(argv)
+        return _main(argv, lock)
     except AlreadyFinished as e:
         if _is_main_launch():
             print(e, file=sys.stderr)
         return 0
-    except UsageError as e:
+    except (UsageError, OutputDirBusy) as e:
         if _is_main_launch():
             print(f"run_glue_no_trainer.py: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BUSY if isinstance(e, OutputDirBusy) else 2
+    finally:
+        lock.release()
 
 
-def _main(argv: list[str] | None) -> int:
+def _main(argv: list[str] | None, lock: OutputLock) -> int:
     """main()'s steps: arguments, setup, output folder, training or evaluation, outputs, Hub."""
     args = parse_args(argv)
     validate_args(args)
-    run, state, resume = _setup(args)
+    run, state, resume = _setup(args, lock)
     acc = run.accelerator
-    log = _prepare_output_dir(run, state, resume)
+    log = _prepare_output_dir(run, state, resume, lock)
     if resume is not None:
         restore_rng(run, resume, run.resume_rng)  # last, so nothing consumes it first
         acc.print(f"resumed from {resume} at update {state.completed_steps}")

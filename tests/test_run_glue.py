@@ -225,7 +225,7 @@ def test_full_finetune_adamw_outputs(tiny_model, tiny_glue, tmp_path):
     cfg = json.loads((out / "run_config.json").read_text())
     assert cfg["seed"] == 3 and cfg["versions"]["torch"] == torch.__version__ and cfg["args"]["task_name"] == "rte"
     hidden = {p.name for p in out.iterdir() if p.name.startswith(".")}
-    assert hidden == {rg.MANIFEST}  # no temp files left behind
+    assert hidden == {rg.LOCK_FILE, rg.MANIFEST}  # no temp files left behind
 
 
 def test_custom_schedule_stsb_regression(tiny_model, tiny_glue, tmp_path):

@@ -1,20 +1,25 @@
-"""run_glue_no_trainer.py and its output folder: what it refuses, what it deletes, checkpoints.
+"""run_glue_no_trainer.py and its output folder: what it refuses, what it deletes, one run at a time, checkpoints.
 
 * Nothing the script did not write is deleted: a folder holding another run's files (or files the run would
   replace) is refused without --overwrite_output_dir; with it, only what the manifest lists goes.
 * An empty --output_dir, a file in the way, a folder that cannot be written, a full disk: one line, status 2.
+* One run per folder: a second run exits with status 75 while the first goes on; a killed run blocks nothing.
 * Resuming from 'latest' skips damaged checkpoints, with a warning each, and continues exactly.
 
-In-process runs call main(argv) on a tiny DeBERTa-v2; file size limits use real processes.
+In-process runs call main(argv) on a tiny DeBERTa-v2; locking, killing and file size limits use real processes.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import resource
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,14 +61,14 @@ def manifest(out: Path) -> list[str]:
 
 
 def assert_manifest_covers(out: Path, others: set[str] = frozenset()) -> None:
-    """Every file in `out` is the manifest, one of `others`, or under a manifest entry; every entry of a
+    """Every file in `out` is the lock, the manifest, one of `others`, or under a manifest entry; every entry of a
     file or folder written whole exists (no temp names left over)."""
     entries = manifest(out)
     whole = [e for e in entries if not e.endswith("/")]
     assert all((out / e).exists() for e in whole), whole
     for path in out.rglob("*"):
         rel = path.relative_to(out).as_posix()
-        if path.is_file() and rel not in {rg.MANIFEST} | set(others):
+        if path.is_file() and rel not in {rg.LOCK_FILE, rg.MANIFEST} | set(others):
             assert any(rel == e or rel.startswith(e + "/") for e in whole), rel
 
 
@@ -191,9 +196,20 @@ def test_a_crafted_manifest_deletes_nothing_outside_the_folder(tiny, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / rg.MANIFEST).write_text(json.dumps({"written": ["../victim.txt", str(victim), "a/../../victim.txt",
-                                                           "..", "/"]}))
+                                                           rg.LOCK_FILE, "..", "/"]}))
     assert run_main(tiny, out, "--overwrite_output_dir") == 0
     assert victim.read_text() == "someone else's" and (out / "all_results.json").is_file()
+
+
+def test_a_planted_lock_symlink_is_not_followed(tiny, tmp_path, capsys):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("someone else's")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / rg.LOCK_FILE).symlink_to(victim)
+    assert run_main(tiny, out) == 2
+    assert f"cannot write the outputs in {out}" in error_line(capsys)
+    assert victim.read_text() == "someone else's"
 
 
 def test_latest_without_a_checkpoint_starts_its_own_attempt_over(tiny, tmp_path, capsys):
@@ -235,7 +251,117 @@ def test_a_full_disk_is_one_line(tiny, tmp_path, where):
         assert "model.pt" in last and not list((out / "checkpoints").iterdir())  # no step_1, no temp folder
     else:
         assert "model.safetensors" not in {p.name for p in out.iterdir()}
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != rg.MANIFEST]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.name not in (rg.LOCK_FILE, rg.MANIFEST)]
+
+
+# ------------------------------------------------------------------------------------------ one run per folder
+def test_a_held_lock_exits_75_and_writes_nothing(tiny, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / rg.LOCK_FILE, "w") as held:
+        held.write("pid 4242 on elsewhere\n")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)
+        before = snapshot(out)
+        assert run_main(tiny, out) == rg.EXIT_BUSY == 75
+        line = error_line(capsys)
+        assert f"{out} is in use by another run (pid 4242 on elsewhere)" in line
+        assert snapshot(out) == before
+    # The holder is gone; its file, naming it, stays and does not block.
+    assert (out / rg.LOCK_FILE).read_text() == "pid 4242 on elsewhere\n"
+    assert run_main(tiny, out) == 0
+    assert (out / rg.LOCK_FILE).read_text() == f"pid {os.getpid()} on {socket.gethostname()}\n"
+
+
+def _cmd(tiny, out: Path, *extra) -> list[str]:
+    model, glue = tiny
+    return [sys.executable, str(SCRIPT), "--model_name_or_path", str(model), "--task_name", "rte", "--glue_dir",
+            str(glue), "--output_dir", str(out), "--seed", "11", "--per_device_train_batch_size", "8",
+            "--max_train_steps", "12", "--checkpointing_steps", "3", *extra]
+
+
+def _wait_for(proc: subprocess.Popen, ready, what: str, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None, f"the run ended before {what}"
+        assert time.time() < deadline, f"no {what}"
+        time.sleep(0.05)
+
+
+def test_a_second_run_exits_75_while_the_first_goes_on(tiny, tmp_path):
+    out = tmp_path / "out"
+    first_err = open(tmp_path / "first.err", "w")  # a file, not a pipe nobody reads until the end
+    first = subprocess.Popen(_cmd(tiny, out), cwd=REPO, env=_env(RUN_GLUE_DEBUG_STEP_SLEEP="1.5"),
+                             stdout=subprocess.DEVNULL, stderr=first_err)
+    _wait_for(first, lambda: (out / "log.jsonl").is_file() and (out / "log.jsonl").read_text(), "first update")
+    second = subprocess.run(_cmd(tiny, out), capture_output=True, text=True, timeout=180, cwd=REPO, env=_env())
+    assert first.poll() is None, "the first run ended before the second was refused"
+    assert second.returncode == 75, second.stderr[-2000:]
+    assert second.stderr.strip().splitlines() == [
+        f"run_glue_no_trainer.py: error: {out} is in use by another run (pid {first.pid} on {socket.gethostname()}); "
+        "wait for it to end or choose another --output_dir"]
+    assert first.wait(timeout=240) == 0, (tmp_path / "first.err").read_text()[-2000:]
+    first_err.close()
+    assert [r["step"] for r in read_log(out) if "lr" in r] == list(range(1, 13))
+    assert read_results(out)["train_steps"] == 12
+
+
+def test_a_killed_run_leaves_no_lock(tiny, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_cmd(tiny, out), cwd=REPO, env=_env(RUN_GLUE_DEBUG_STEP_SLEEP="0.25"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(proc, lambda: (out / "checkpoints" / "step_6").is_dir(), "checkpoint")
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert (out / rg.LOCK_FILE).read_text().startswith(f"pid {proc.pid} on ")  # a stale file, no live lock
+    res = subprocess.run(_cmd(tiny, out, "--resume_from_checkpoint", "latest"), capture_output=True, text=True,
+                         timeout=240, cwd=REPO, env=_env())
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "resumed from" in res.stdout + res.stderr
+    assert [r["step"] for r in read_log(out) if "lr" in r] == list(range(1, 13))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_stop_together_on_a_busy_folder(tiny, tmp_path):
+    """Only the main process locks; the other learns the verdict from it instead of waiting for it forever. Started
+    by hand (no launcher that would kill the rest once one process exits), each must exit 75 on its own."""
+    out = tmp_path / "out"
+    out.mkdir()
+    port = str(_free_port())
+    with open(out / rg.LOCK_FILE, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        procs = [subprocess.Popen(_cmd(tiny, out), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True, env=_env(WORLD_SIZE="2", RANK=str(r), LOCAL_RANK=str(r),
+                                                      LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
+                 for r in range(2)]
+        errs = [p.communicate(timeout=180)[1] for p in procs]
+    assert [p.returncode for p in procs] == [75, 75], errs
+    assert errs[0].strip().splitlines() == [f"run_glue_no_trainer.py: error: {out} is in use by another run; wait "
+                                            "for it to end or choose another --output_dir"] and not errs[1].strip()
+    assert sorted(p.name for p in out.iterdir()) == [rg.LOCK_FILE]
+
+
+@pytest.mark.skipif(not (Path(sys.executable).parent / "accelerate").exists(), reason="no accelerate CLI")
+def test_two_process_checkpoints_are_complete(tiny, tmp_path):
+    """Under accelerate launch, the sync points of a checkpoint (every RNG file in place, then the marker)."""
+    out = tmp_path / "out"
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(_free_port()), *_cmd(tiny, out, "--per_device_train_batch_size", "4", "--max_train_steps", "4",
+                                    "--checkpointing_steps", "2")[1:]]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO, env=_env())
+    assert res.returncode == 0, res.stderr[-3000:]
+    for step in (2, 4):
+        ckpt = out / "checkpoints" / f"step_{step}"
+        marker = json.loads((ckpt / rg.CHECKPOINT_MARKER).read_text())["files"]
+        assert {"rng.pt", "rng_rank1.pt", "model.pt", "state.json"} <= set(marker)
+        assert rg._checkpoint_problem(ckpt) is None
+    assert_manifest_covers(out)
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
