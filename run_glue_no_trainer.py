@@ -14,6 +14,8 @@ paper's fork of it (the authors' training script); the fork's known defects are 
 Run `python run_glue_no_trainer.py --help` for the flags. Outputs in `--output_dir`: the adapter (or full model)
 and tokenizer, `run_config.json`, `log.jsonl`, `rank_pattern.json` (AdaLoRA/VILoRA), `ivon_state.pt` (IVON),
 `checkpoints/step_<n>/`, and `all_results.json`, written last, so its presence means the run finished.
+`.run_manifest.json` lists what the script wrote there, the only files it ever deletes (--overwrite_output_dir);
+`.lock` keeps a second run out while one uses the folder (exit status 75).
 A run killed at any point continues exactly where its last checkpoint left off with
 `--resume_from_checkpoint latest` (same flags). On a CPU shared with other jobs, set OMP_NUM_THREADS=1:
 oversubscribed torch threads can make each step ten times slower.
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import fcntl
 import functools
 import json
 import math
@@ -41,6 +44,7 @@ import pickle
 import platform
 import random
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -55,6 +59,7 @@ import peft
 import torch
 import transformers
 from accelerate import Accelerator
+from safetensors import SafetensorError
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import (
@@ -127,6 +132,13 @@ class TrainingError(Exception):
 
 class AlreadyFinished(Exception):
     """The output directory already holds a finished run: say so and exit 0."""
+
+
+class OutputDirBusy(Exception):
+    """Another live run holds the output directory's lock: one line on stderr, exit status EXIT_BUSY."""
+
+
+EXIT_BUSY = 75  # EX_TEMPFAIL: scripts/launch.sh counts such a run as busy (try again later), not as failed
 
 
 # ----------------------------------------------------------------------------------------------- arguments
@@ -304,6 +316,15 @@ def validate_args(args: argparse.Namespace) -> None:
         raise UsageError("--glue_dir needs --task_name")
     if args.output_dir is None:
         raise UsageError("--output_dir is required")
+    if not args.output_dir.strip():  # Path("") is the current directory
+        raise UsageError("--output_dir is empty; give the folder for this run's outputs")
+    out = Path(args.output_dir)
+    for p in (out, *out.parents):  # the nearest thing that exists must be a folder (broken links included)
+        if os.path.lexists(p):
+            if not p.is_dir():
+                raise UsageError(f"--output_dir {out} exists and is not a directory" if p == out else
+                                 f"--output_dir {out}: {p} is in the way (not a directory)")
+            break
     if args.lora_type not in ("lora", "adalora", "vilora"):
         raise UsageError(f"unknown --lora_type {args.lora_type!r}; valid: lora, adalora, vilora")
     if args.lora_type != "lora" and not args.apply_lora:
@@ -350,15 +371,9 @@ def validate_args(args: argparse.Namespace) -> None:
         if args.report_to == "all" and not (_importable("tensorboard") or _importable("wandb")):
             raise UsageError("--with_tracking needs tensorboard or wandb installed (neither is); "
                              "install one or drop --with_tracking")
-    out = Path(args.output_dir)
-    if (out / "all_results.json").exists() and not args.overwrite_output_dir:
-        raise AlreadyFinished(f"{out} already holds finished results (all_results.json); skipping. "
-                              "Pass --overwrite_output_dir to run again.")
     if args.resume_from_checkpoint not in (None, "latest") and not Path(args.resume_from_checkpoint).is_dir():
         raise UsageError(f"--resume_from_checkpoint {args.resume_from_checkpoint} is not a directory")
-    if args.resume_from_checkpoint is None and not args.overwrite_output_dir and _checkpoints(out):
-        raise UsageError(f"{out} holds checkpoints of an unfinished run; pass --resume_from_checkpoint latest "
-                         "to continue it or --overwrite_output_dir to start over")
+    # What the output folder holds is checked under its lock, by _claim_output_dir.
 
 
 def check_settings(args: argparse.Namespace) -> None:
@@ -1061,19 +1076,69 @@ class JsonlLog:
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, default=str)
+            f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: leave no temp file behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class _FullWriter:
+    """A file for torch.save whose write() writes every byte or raises OSError, and remembers that error: torch.save
+    reports a failed write (a full disk, a file size limit) only as an obscure 'unexpected pos' RuntimeError."""
+
+    def __init__(self, fd: int, path: Path):
+        self.fd, self.path, self.error = fd, path, None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        n = view.nbytes
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as e:
+            self.error = self.error or OSError(e.errno, e.strerror, str(self.path))
+            raise self.error from None
+        return n
+
+    def flush(self) -> None:
+        pass
+
+
+def _save_file(path: Path, obj: Any, fsync: bool = False) -> None:
+    """Write `obj` to `path`: bytes as they are, anything else with torch.save; with `fsync`, on disk on return
+    (a checkpoint's completion marker may only vouch for what is on disk). A failed write is an OSError."""
+    with open(path, "wb", buffering=0) as f:
+        writer = _FullWriter(f.fileno(), path)
+        if isinstance(obj, bytes):
+            writer.write(obj)
+        else:
+            try:
+                torch.save(obj, writer)
+            except RuntimeError:
+                if writer.error is not None:
+                    raise writer.error from None
+                raise
+        if fsync:
+            os.fsync(f.fileno())
 
 
 def _torch_save_atomic(obj: Any, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
-    torch.save(obj, tmp)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    try:
+        _save_file(Path(tmp), obj)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -1349,14 +1414,200 @@ def run_eval(run: Run, state: TrainState, log: JsonlLog, epoch: float) -> dict[s
     return results
 
 
+# ----------------------------------------------------------------------------------------------- output folder
+MANIFEST = ".run_manifest.json"  # what runs of this script wrote in the folder: the only things it ever deletes
+LOCK_FILE = ".lock"              # flock'ed by the run that uses the folder
+# Names this script writes in an output folder (its own and save_pretrained's for models and tokenizers). A folder
+# holding one of them belongs to another run, or would lose a file, unless --overwrite_output_dir says otherwise.
+OUTPUT_NAMES = ("all_results.json", "log.jsonl", "run_config.json", "rank_pattern.json", "ivon_state.pt",
+                "checkpoints", "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md",
+                "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+                "pytorch_model.bin", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                "added_tokens.json", "chat_template.jinja", "vocab.txt", "vocab.json", "merges.txt", "spm.model",
+                "sentencepiece.bpe.model")
+
+
+def _output_error(out: Path, e: OSError) -> UsageError:
+    """An OSError met while writing in OUT (no permission, a file in the way, a full disk) as one line."""
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    return UsageError(f"cannot write the outputs in {out}: {e.strerror or e}{where}")
+
+
+def _agree(acc: Accelerator, error: Exception | None) -> None:
+    """Raise on every process the first error any process met. A collective (every process calls it): where only
+    the main process writes, the others learn that it stopped instead of waiting for it forever."""
+    if acc.num_processes > 1:
+        from accelerate.utils import gather_object
+        error = next((e for e in gather_object([error]) if e is not None), None)
+    if error is not None:
+        raise error
+
+
+def _manifest_entry_ok(entry: Any) -> bool:
+    """A manifest entry names something inside the folder: relative, no '..', not the lock or manifest itself
+    (the manifest is input: a crafted one must not delete anything outside)."""
+    if not isinstance(entry, str) or not entry.strip("/") or entry.startswith("/") or "\\" in entry:
+        return False
+    parts = entry.rstrip("/").split("/")
+    return all(p not in ("", ".", "..") for p in parts) and entry.rstrip("/") not in (MANIFEST, LOCK_FILE)
+
+
+def _recorded(out: Path) -> list[str]:
+    """The entries of OUT/.run_manifest.json: 'name' a file or folder a run of this script wrote whole, 'name/' a
+    folder it made to hold such files. [] without a manifest; an unreadable one is reported and ignored."""
+    try:
+        entries = json.loads((out / MANIFEST).read_text())["written"]
+        if not isinstance(entries, list):
+            raise TypeError
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError):
+        _warn_once(f"{out / MANIFEST} is unreadable; ignoring it (nothing it lists will be deleted)")
+        return []
+    return [e for e in entries if _manifest_entry_ok(e)]
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    print(f"run_glue_no_trainer.py: warning: {message}", file=sys.stderr)
+
+
+def _record(out: Path, add: list[str] = (), drop: list[str] = ()) -> None:
+    """Add entries to the manifest before writing them (so that a run killed mid-write leaves nothing unlisted),
+    and drop those of temp files removed again. Main process only; the manifest is replaced atomically."""
+    entries = _recorded(out)
+    new = [e for e in entries if e not in drop] + [e for e in dict.fromkeys(add) if e not in entries]
+    if new != entries or not (out / MANIFEST).exists():
+        _write_manifest(out, new)
+
+
+def _write_manifest(out: Path, entries: list[str]) -> None:
+    _write_json_atomic(out / MANIFEST, {"about": "written by run_glue_no_trainer.py; --overwrite_output_dir deletes "
+                                                 "these and nothing else", "written": entries})
+
+
+def _made_dirs(out: Path, rel: Path) -> list[str]:
+    """Manifest entries ('a/', 'a/b/') for the folders above OUT/rel that do not exist yet."""
+    return [f"{p.as_posix()}/" for p in reversed(rel.parents) if p != Path(".") and not (out / p).exists()]
+
+
+def _remove_recorded(out: Path) -> None:
+    """Delete what the manifest lists, and nothing else: files and folders written whole go; folders made to hold
+    them go only if empty (a user's file inside stays). Then start an empty manifest."""
+    entries = _recorded(out)
+    for entry in (e for e in entries if not e.endswith("/")):
+        path = out / entry
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            path.unlink()
+    for entry in sorted((e for e in entries if e.endswith("/")), key=lambda e: -e.count("/")):
+        with contextlib.suppress(OSError):  # not empty, or gone
+            (out / entry).rmdir()
+    _write_manifest(out, [])
+
+
+class OutputLock:
+    """An exclusive flock on OUT/.lock, taken by the main process before it writes anything in OUT and held until
+    the run ends. The OS drops a flock when its process dies, so a killed run leaves no stale lock: its file stays,
+    naming the last holder, but only a live holder blocks."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+
+    def acquire(self, out: Path, create: bool) -> None:
+        """Lock OUT/.lock, creating it if `create` (without: a missing file means no run holds it). Raises
+        OutputDirBusy if another process holds it, OSError if it cannot be opened (e.g. it is a symlink)."""
+        if self.fd is not None:
+            return
+        path = out / LOCK_FILE
+        try:  # O_NOFOLLOW: a planted symlink must not make this run truncate someone else's file
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | (os.O_CREAT if create else 0), 0o666)  # umask decides
+        except (FileNotFoundError, PermissionError):
+            if create:
+                raise
+            return  # no run has used the folder, or it cannot be written (which _check_writable reports)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = " ".join(os.pread(fd, 200, 0).decode(errors="replace").split())
+            os.close(fd)
+            raise OutputDirBusy(f"{out} is in use by another run{f' ({holder})' if holder else ''}; wait for it to "
+                                "end or choose another --output_dir") from None
+        except OSError as e:  # a filesystem without locks: go on, but say so
+            os.close(fd)
+            print(f"run_glue_no_trainer.py: warning: cannot lock {path} ({e.strerror}); nothing stops another run "
+                  "from using this folder at the same time", file=sys.stderr)
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        """Unlock (the file stays: deleting it would let two runs lock two different files)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 # ----------------------------------------------------------------------------------------------- checkpoints
-def _checkpoints(out: Path) -> list[Path]:
-    """Complete checkpoints (a step_<n> folder only appears by an atomic rename), oldest first."""
+CHECKPOINT_MARKER = "complete.json"  # written last: every other file of the checkpoint with its size
+
+
+def _checkpoint_dirs(out: Path) -> list[Path]:
+    """Every OUT/checkpoints/step_<n> folder, complete or not, oldest first."""
     root = out / "checkpoints"
     if not root.is_dir():
         return []
     found = [d for d in root.iterdir() if d.is_dir() and d.name.startswith("step_") and d.name[5:].isdigit()]
     return sorted(found, key=lambda d: int(d.name[5:]))
+
+
+def _checkpoint_problem(path: Path) -> str | None:
+    """Why checkpoint folder `path` cannot be resumed (None: it is complete): no completion marker, a file it
+    lists missing or of another size (truncated), or a state.json that is not this script's training state."""
+    try:
+        if not any(path.iterdir()):
+            return "empty folder"
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    try:
+        files = json.loads((path / CHECKPOINT_MARKER).read_text())["files"]
+        if not (isinstance(files, dict) and "state.json" in files and all(
+                isinstance(n, str) and "/" not in n and n not in ("", ".", "..") and isinstance(size, int)
+                for n, size in files.items())):
+            raise ValueError
+    except FileNotFoundError:
+        return f"no {CHECKPOINT_MARKER}: it was never finished"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{CHECKPOINT_MARKER} is unreadable"
+    for name, size in files.items():
+        if not (path / name).is_file():
+            return f"{name} is missing"
+        if (path / name).stat().st_size != size:
+            return f"{name} has {(path / name).stat().st_size} bytes, {size} were written"
+    try:
+        state = TrainState(**json.loads((path / "state.json").read_text()))
+        if not (isinstance(state.seed, int) and isinstance(state.completed_steps, int)):
+            raise TypeError
+    except (OSError, ValueError, TypeError):
+        return "state.json does not hold a training state"
+    return None
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints (`_checkpoint_problem` finds none), oldest first."""
+    return [d for d in _checkpoint_dirs(out) if _checkpoint_problem(d) is None]
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a new file, a rename) durable; filesystems that cannot are left as they are."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def load_torch_file(path: Path, map_location=None) -> Any:
@@ -1411,46 +1662,71 @@ def _set_rng_states(states: dict) -> None:
 def save_checkpoint(run: Run, state: TrainState) -> Path:
     """Write OUT/checkpoints/step_<n>/ (trainable weights, optimizer, scheduler, allocator, RNG, data position).
 
-    Everything goes into a hidden temp folder first, which is then renamed, so a kill at any moment leaves
-    either the complete checkpoint or none. Several processes: every process writes its own RNG state into
-    the temp folder; weights, optimizer, scheduler and allocator state are identical on all of them (DDP and
-    IVON's sync make every update the same), so the main process writes the single copy.
+    Everything goes into a hidden temp folder first, each file fsynced; complete.json, listing every file with
+    its size, is written last and fsynced with the folder, which is then renamed. So a kill or a power cut at
+    any moment leaves either a complete checkpoint or one that `_checkpoint_problem` rejects. Several processes:
+    every process writes its own RNG state into the temp folder; weights, optimizer, scheduler and allocator
+    state are identical on all of them (DDP and IVON's sync make every update the same), so the main process
+    writes the single copy. A write error (a full disk) stops every process alike, and the temp folder goes.
     """
     acc = run.accelerator
+    main = acc.is_main_process
     root = run.out / "checkpoints"
     final = root / f"step_{state.completed_steps}"
-    tmp = root / f".tmp_{final.name}"  # a fixed name, so that every process finds it
-    if acc.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
-        tmp.mkdir()
-    acc.wait_for_everyone()
-    torch.save(_rng_states(), tmp / _rng_file(acc.process_index))
-    if acc.is_main_process:
-        model = run.peft_model
-        weights = model.state_dict() if run.kind == "full" else \
-            {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-        torch.save(weights, tmp / "model.pt")
-        torch.save(run.optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(run.scheduler.state_dict(), tmp / "scheduler.pt")
-        if run.adaptive:
-            torch.save(model.base_model.allocator_state_dict(), tmp / "allocator.pt")
-        if run.start_means is not None:
-            torch.save(run.start_means, tmp / "start_means.pt")
-        if acc.scaler is not None:
-            torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
-        (tmp / "args.json").write_text(json.dumps(vars(run.args), default=str))
-        (tmp / "state.json").write_text(json.dumps(dataclasses.asdict(state)))
-    acc.wait_for_everyone()  # every RNG file is in place
-    if acc.is_main_process:
-        os.chmod(tmp, 0o755)
-        if final.exists():  # e.g. an epoch checkpoint at the step of a step checkpoint: replace it
-            old = root / f".old_{final.name}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
+    tmp, old = root / f".tmp_{final.name}", root / f".old_{final.name}"  # fixed names: every process finds tmp
+    error = None
+    if main:
+        try:
+            _record(run.out, add=_made_dirs(run.out, Path("checkpoints", final.name)) +
+                    [f"checkpoints/{p.name}" for p in (final, tmp, old)])
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
+            tmp.mkdir()
+        except OSError as e:
+            error = _output_error(run.out, e)
+    _agree(acc, error)
+    try:
+        try:
+            _save_file(tmp / _rng_file(acc.process_index), _rng_states(), fsync=True)
+            if main:
+                model = run.peft_model
+                weights = model.state_dict() if run.kind == "full" else \
+                    {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+                _save_file(tmp / "model.pt", weights, fsync=True)
+                _save_file(tmp / "optimizer.pt", run.optimizer.state_dict(), fsync=True)
+                _save_file(tmp / "scheduler.pt", run.scheduler.state_dict(), fsync=True)
+                if run.adaptive:
+                    _save_file(tmp / "allocator.pt", model.base_model.allocator_state_dict(), fsync=True)
+                if run.start_means is not None:
+                    _save_file(tmp / "start_means.pt", run.start_means, fsync=True)
+                if acc.scaler is not None:
+                    _save_file(tmp / "scaler.pt", acc.scaler.state_dict(), fsync=True)
+                _save_file(tmp / "args.json", json.dumps(vars(run.args), default=str).encode(), fsync=True)
+                _save_file(tmp / "state.json", json.dumps(dataclasses.asdict(state)).encode(), fsync=True)
+        except OSError as e:
+            error = _output_error(run.out, e)
+        _agree(acc, error)  # every RNG file is in place
+        if main:
+            try:
+                sizes = {f.name: f.stat().st_size for f in sorted(tmp.iterdir())}
+                _save_file(tmp / CHECKPOINT_MARKER, json.dumps({"files": sizes}).encode(), fsync=True)
+                _fsync_dir(tmp)
+                os.chmod(tmp, 0o755)
+                if final.exists():  # e.g. an epoch checkpoint at the step of a step checkpoint: replace it
+                    os.replace(final, old)
+                    os.replace(tmp, final)
+                    shutil.rmtree(old)
+                else:
+                    os.replace(tmp, final)
+                _fsync_dir(root)
+                _record(run.out, drop=[f"checkpoints/{tmp.name}", f"checkpoints/{old.name}"])
+            except OSError as e:
+                error = _output_error(run.out, e)
+        _agree(acc, error)
+    except UsageError:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return final
 
 
@@ -1617,23 +1893,35 @@ def load_ivon_state(run: Run, path: Path) -> None:
 
 
 def _save_pretrained_atomic(obj, out: Path) -> None:
-    """save_pretrained into a temp folder in `out`, then move each file into place with os.replace."""
+    """save_pretrained into a temp folder in `out`, then move each file into place with os.replace; everything
+    is recorded in the manifest first."""
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".tmp_save_"))
     try:
-        obj.save_pretrained(tmp)
-        for f in sorted(tmp.rglob("*")):
-            if f.is_file():
-                target = out / f.relative_to(tmp)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.chmod(f, 0o644)
-                os.replace(f, target)
+        _record(out, add=[tmp.name])
+        try:
+            obj.save_pretrained(tmp)
+        except SafetensorError as e:  # safetensors' own report of a failed write (a full disk)
+            raise OSError(str(e)) from None
+        files = [f.relative_to(tmp) for f in sorted(tmp.rglob("*")) if f.is_file()]
+        _record(out, add=[d for f in files for d in _made_dirs(out, f)] + [f.as_posix() for f in files])
+        for rel in files:
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(tmp / rel, 0o644)
+            os.replace(tmp / rel, out / rel)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _record(out, drop=[tmp.name])
 
 
 def save_outputs(run: Run, state: TrainState) -> dict:
     """Write the trained model/adapter, tokenizer, IVON state, rank pattern, and all_results.json last."""
     out, model, args = run.out, run.peft_model, run.args
+    names = ["all_results.json"]
+    if not args.eval_only and run.ivon is not None:
+        names.append("ivon_state.pt")
+    if not args.eval_only and run.adaptive:
+        names.append("rank_pattern.json")
+    _record(out, add=names)
     if not args.eval_only:
         if run.ivon is not None:  # before save_pretrained: the pattern still matches the unresized tensors
             _torch_save_atomic({"ess": run.ivon.param_groups[0].get("ess"),
@@ -1720,27 +2008,42 @@ def push_outputs(args: argparse.Namespace, repo: str, out: Path) -> None:
 
 # ----------------------------------------------------------------------------------------------- main
 def _resume_point(args: argparse.Namespace, out: Path) -> Path | None:
-    """The checkpoint folder to resume from: --resume_from_checkpoint PATH, or the newest one for 'latest'
-    (None when there is none yet, so that a preemptible job can always pass 'latest')."""
+    """The checkpoint folder to resume from: --resume_from_checkpoint PATH, or for 'latest' the newest complete
+    one, skipping newer ones that are not (a one-line warning each); None when there is none, so that a
+    preemptible job can always pass 'latest'. Main process only (see _claim_output_dir)."""
     if args.resume_from_checkpoint == "latest":
-        found = _checkpoints(out)
-        return found[-1] if found else None
+        skipped = False
+        for path in reversed(_checkpoint_dirs(out)):
+            problem = _checkpoint_problem(path)
+            if problem is None:
+                return path
+            print(f"run_glue_no_trainer.py: warning: skipping checkpoint {path}: {problem}; falling back to the one "
+                  "before", file=sys.stderr)
+            skipped = True
+        if skipped:
+            print("run_glue_no_trainer.py: warning: no complete checkpoint left; starting from the beginning",
+                  file=sys.stderr)
+        return None
     if args.resume_from_checkpoint is None:
         return None
+    # A folder named explicitly is used as it is (one of an older version has no completion marker); the
+    # loaders name any file in it that is truncated or not what it should be.
     path = Path(args.resume_from_checkpoint)
     if not (path / "state.json").is_file():
         raise UsageError(f"--resume_from_checkpoint {path} is not a checkpoint folder (no state.json)")
+    try:
+        if not isinstance(json.loads((path / "state.json").read_text())["seed"], int):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"--resume_from_checkpoint {path}: state.json does not hold a training state") from None
     return path
 
 
-def _setup(args: argparse.Namespace) -> tuple[Run, TrainState, Path | None]:
-    """Load data and model, build optimizer and schedule, and find the checkpoint to resume: everything that
-    can fail on bad input happens here, before the output directory is touched."""
+def _setup(args: argparse.Namespace, lock: OutputLock) -> tuple[Run, TrainState, Path | None]:
+    """Claim the output folder (`_claim_output_dir`), then load data and model, build optimizer and schedule, and
+    read the checkpoint to resume: everything that can fail on bad input happens here, before anything is
+    written in the output folder."""
     out = Path(args.output_dir)
-    resume = _resume_point(args, out)
-    # A resumed run must shuffle with the original seed; a fresh run without --seed draws one and records it.
-    seed = json.loads((resume / "state.json").read_text())["seed"] if resume else \
-        (args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little") % 2**31)
     log_with = None
     if args.with_tracking:
         wanted = ("tensorboard", "wandb") if args.report_to == "all" else (args.report_to,)
@@ -1754,6 +2057,10 @@ def _setup(args: argparse.Namespace) -> tuple[Run, TrainState, Path | None]:
     if world != launched:
         raise UsageError(f"launched as {launched} processes (WORLD_SIZE) but accelerate set up {world} "
                          f"({accelerator.distributed_type}); check the launcher's settings (`accelerate config`)")
+    resume = _claim_output_dir(args, out, accelerator, lock)
+    # A resumed run must shuffle with the original seed; a fresh run without --seed draws one and records it.
+    seed = json.loads((resume / "state.json").read_text())["seed"] if resume else \
+        (args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little") % 2**31)
     transformers.set_seed(seed)  # the same on every process: identical initial weights (see seed_process)
     if not accelerator.is_local_main_process:
         datasets.utils.logging.set_verbosity_error()
@@ -1821,32 +2128,130 @@ def _setup(args: argparse.Namespace) -> tuple[Run, TrainState, Path | None]:
     return run, state, resume
 
 
-def _prepare_output_dir(run: Run, state: TrainState, resume: Path | None) -> JsonlLog:
-    """Start writing: clear a finished/abandoned run when overwriting, trim the log to the checkpoint.
+def _check_writable(out: Path) -> None:
+    """Create and remove a temp file where OUT is (or where it will be made), so that a folder this run cannot
+    write in stops it now, in one line, rather than after training."""
+    base = next(p for p in (out, *out.parents) if p.exists())
+    try:
+        fd, tmp = tempfile.mkstemp(dir=base, prefix=".run_glue_write_test.")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise UsageError(f"--output_dir {out}: cannot write in {base} ({e.strerror})") from None
 
-    Only the main process writes; the others wait until it is done.
+
+def _continues(out: Path, resume: Path | None) -> bool:
+    """True when the run resumes a checkpoint of OUT itself, i.e. continues the run whose files OUT holds."""
+    return resume is not None and resume.resolve().parent == (out / "checkpoints").resolve()
+
+
+def _check_output_dir(args: argparse.Namespace, out: Path, resume: Path | None) -> None:
+    """May this run write in OUT? Deletes nothing; raises AlreadyFinished (a finished run, without
+    --overwrite_output_dir) or UsageError:
+
+    * a run that does not continue OUT's own checkpoint, without --overwrite_output_dir, refuses a folder
+      holding files of another run or files it would replace: step folders, what the manifest lists, and
+      `OUTPUT_NAMES`. Unrelated files (e.g. the sweep launcher's train.log) are fine, and kept. With 'latest'
+      and no complete checkpoint, what the manifest lists is this run's own earlier attempt: it starts over;
+    * something in the way that would stay in the way (a file named checkpoints, a folder named log.jsonl).
+    """
+    if not out.is_dir():
+        return
+    if (out / "all_results.json").exists() and not args.overwrite_output_dir:
+        raise AlreadyFinished(f"{out} already holds finished results (all_results.json); skipping. "
+                              "Pass --overwrite_output_dir to run again.")
+    recorded = _recorded(out)
+    starts_over = not _continues(out, resume)
+    if starts_over and not args.overwrite_output_dir:
+        if args.resume_from_checkpoint is None and _checkpoint_dirs(out):
+            raise UsageError(f"{out} holds checkpoints of an unfinished run; pass --resume_from_checkpoint latest "
+                             "to continue it or --overwrite_output_dir to start over")
+        own = {e.rstrip("/") for e in recorded} if args.resume_from_checkpoint == "latest" else set()
+        names = dict.fromkeys([e for e in recorded if not e.endswith("/")] + list(OUTPUT_NAMES))
+        found = [n for n in names if n not in own and os.path.lexists(out / n)]
+        if found:
+            raise UsageError(f"{out} holds files of another run or files this run would replace "
+                             f"({', '.join(found[:4])}{', ...' if len(found) > 4 else ''}); pass "
+                             "--overwrite_output_dir to replace them (only what this script wrote is deleted) or "
+                             "choose another --output_dir")
+    going = {e.rstrip("/") for e in recorded} if starts_over else set()
+    for name in OUTPUT_NAMES:
+        path = out / name
+        if name == "checkpoints" and args.checkpointing_steps is None:
+            continue
+        if name not in going and os.path.lexists(path) and path.is_dir() != (name == "checkpoints"):
+            raise UsageError(f"{path} is in the way: this run writes a {'folder' if name == 'checkpoints' else 'file'}"
+                             " there; move it or choose another --output_dir")
+
+
+def _claim_output_dir(args: argparse.Namespace, out: Path, acc: Accelerator, lock: OutputLock) -> Path | None:
+    """Before anything is loaded, on the main process: lock OUT if it has a lock file (a run using OUT made one
+    before writing anything else), check that it can be written (`_check_writable`) and that this run may use
+    it (`_check_output_dir`), and pick the checkpoint to resume, all without writing. The main process's verdict
+    and choice go to every process, so that all stop alike (exit 0, 2 or EXIT_BUSY) and none waits for a main
+    process that has gone. Returns the checkpoint to resume (None: from the beginning)."""
+    verdict, resume = None, None
+    if acc.is_main_process:
+        try:
+            if out.is_dir():
+                lock.acquire(out, create=False)
+            _check_writable(out)
+            resume = _resume_point(args, out)
+            _check_output_dir(args, out, resume)
+        except (AlreadyFinished, OutputDirBusy, UsageError) as e:
+            verdict = e
+        except OSError as e:  # e.g. a lock file that is a symlink, a folder that cannot be read
+            verdict = _output_error(out, e)
+    if acc.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+        verdict, resume = broadcast_object_list([verdict, resume])
+    if verdict is not None:
+        raise verdict
+    return resume
+
+
+def _prepare_output_dir(run: Run, state: TrainState, resume: Path | None, lock: OutputLock) -> JsonlLog:
+    """Start writing, on the main process: make OUT and lock it (if _claim_output_dir found no lock file), check it
+    again under the lock (another run may have written there since), delete what earlier runs recorded when this
+    run starts over (with --overwrite_output_dir, or 'latest' with no complete checkpoint; nothing else is ever
+    deleted), trim the log to the checkpoint, and write run_config.json. Every process stops alike on an error.
     """
     out, args, acc = run.out, run.args, run.accelerator
     log_path = out / "log.jsonl"
+    error = None
     if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        if args.overwrite_output_dir:
-            (out / "all_results.json").unlink(missing_ok=True)
-        if resume is None:  # a fresh run: drop what an earlier run wrote that this one might not rewrite
-            for stale in ("ivon_state.pt", "rank_pattern.json"):
-                (out / stale).unlink(missing_ok=True)
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)  # validate_args allowed it (overwrite or none)
-        lines = log_path.read_text().splitlines(keepends=True)[:state.log_lines] if resume and log_path.exists() \
-            else []
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=".log.jsonl.")
-        with os.fdopen(fd, "w") as f:
-            f.writelines(lines)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, log_path)  # lines a killed run wrote after its last checkpoint are dropped
-        _write_json_atomic(out / "run_config.json", run_config(args, state.seed) |
-                           {"num_processes": acc.num_processes,
-                            "total_train_batch_size": args.per_device_train_batch_size * acc.num_processes} |
-                           ({"resumed_from": str(resume)} if resume else {}))
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            lock.acquire(out, create=True)
+            _check_output_dir(args, out, resume)
+            if not _continues(out, resume):
+                _remove_recorded(out)
+            if args.overwrite_output_dir:  # a finished run's marker, also one an older version left unrecorded
+                (out / "all_results.json").unlink(missing_ok=True)
+            tracker = args.project_prefix + (args.task_name or "custom")  # accelerate's tensorboard folder
+            _record(out, add=["log.jsonl", "run_config.json"] +
+                    ([tracker] if args.with_tracking and not os.path.lexists(out / tracker) else []))
+            lines = log_path.read_text().splitlines(keepends=True)[:state.log_lines] \
+                if resume and log_path.exists() else []
+            fd, tmp = tempfile.mkstemp(dir=out, prefix=".log.jsonl.")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.writelines(lines)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, log_path)  # lines a killed run wrote after its last checkpoint are dropped
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            _write_json_atomic(out / "run_config.json", run_config(args, state.seed) |
+                               {"num_processes": acc.num_processes,
+                                "total_train_batch_size": args.per_device_train_batch_size * acc.num_processes} |
+                               ({"resumed_from": str(resume)} if resume else {}))
+        except (AlreadyFinished, OutputDirBusy, UsageError) as e:
+            error = e
+        except OSError as e:
+            error = _output_error(out, e)
+    _agree(acc, error)
     if args.with_tracking:  # accelerate starts trackers on the main process only
         cfg = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
         acc.init_trackers(args.project_prefix + (args.task_name or "custom"), cfg)
@@ -1876,26 +2281,38 @@ def _is_main_launch() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the script; returns the exit status (0 ok, 1 training failed, 2 bad input).
+    """Run the script; returns the exit status: 0 ok (or the run had already finished), 1 training failed, 2 bad
+    input or an output folder that cannot be written, EXIT_BUSY (75) the output folder is in use by another run.
 
     Under a distributed launch every process runs this; all of them validate the same flags and data, so a bad
-    input stops each with status 2 (reported once, by rank 0) before any of them waits for another.
+    input stops each with status 2 (reported once, by rank 0) before any of them waits for another. Only the main
+    process looks at, locks and writes the output folder, and it tells the others what it found (`_agree`), so
+    that they stop with it instead of waiting. The folder's lock is released when this returns, and by the OS
+    when the process dies.
     """
+    lock = OutputLock()
     try:
-        args = parse_args(argv)
-        validate_args(args)
-        check_settings(args)
-        run, state, resume = _setup(args)
+        return _main(argv, lock)
     except AlreadyFinished as e:
         if _is_main_launch():
             print(e, file=sys.stderr)
         return 0
-    except UsageError as e:
+    except (UsageError, OutputDirBusy) as e:
         if _is_main_launch():
             print(f"run_glue_no_trainer.py: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BUSY if isinstance(e, OutputDirBusy) else 2
+    finally:
+        lock.release()
+
+
+def _main(argv: list[str] | None, lock: OutputLock) -> int:
+    """main()'s steps: arguments, setup, output folder, training or evaluation, outputs, Hub."""
+    args = parse_args(argv)
+    validate_args(args)
+    check_settings(args)
+    run, state, resume = _setup(args, lock)
     acc = run.accelerator
-    log = _prepare_output_dir(run, state, resume)
+    log = _prepare_output_dir(run, state, resume, lock)
     if resume is not None:
         restore_rng(run, resume, run.resume_rng)  # last, so nothing consumes it first
         acc.print(f"resumed from {resume} at update {state.completed_steps}")
@@ -1910,17 +2327,24 @@ def main(argv: list[str] | None = None) -> int:
         if acc.is_main_process:
             print(f"run_glue_no_trainer.py: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # the log on a full disk (checkpoints report their own errors)
+        raise _output_error(run.out, e) from None
     if os.environ.get("RUN_GLUE_DEBUG_DUMP_DIR"):
         debug_dump(run, state, Path(os.environ["RUN_GLUE_DEBUG_DUMP_DIR"]))
+    error = None
     if acc.is_main_process:
-        results = save_outputs(run, state)
-        if run.adaptive:
-            kept = run.peft_model.base_model.kept_ranks()
-            width = max(map(len, kept), default=0)
-            acc.print(f"final rank allocation ({sum(kept.values())} triplets kept):\n" +
-                      "\n".join(f"  {name:<{width}}  {r}" for name, r in kept.items()))
-        acc.print("results: " + json.dumps({k: v for k, v in results.items() if k.startswith("eval_")}))
-    acc.wait_for_everyone()  # no process exits before the outputs are complete
+        try:
+            results = save_outputs(run, state)
+        except OSError as e:
+            error = _output_error(run.out, e)
+        else:
+            if run.adaptive:
+                kept = run.peft_model.base_model.kept_ranks()
+                width = max(map(len, kept), default=0)
+                acc.print(f"final rank allocation ({sum(kept.values())} triplets kept):\n" +
+                          "\n".join(f"  {name:<{width}}  {r}" for name, r in kept.items()))
+            acc.print("results: " + json.dumps({k: v for k, v in results.items() if k.startswith("eval_")}))
+    _agree(acc, error)  # no process exits before the outputs are complete
     if args.with_tracking or acc.num_processes > 1:
         acc.end_training()  # ends trackers and the process group
     if run.hub_repo is not None and acc.is_main_process:

@@ -224,7 +224,8 @@ def test_full_finetune_adamw_outputs(tiny_model, tiny_glue, tmp_path):
     assert [r["step"] for r in evals] == [2, 4] and evals[-1]["n_eval"] == 16
     cfg = json.loads((out / "run_config.json").read_text())
     assert cfg["seed"] == 3 and cfg["versions"]["torch"] == torch.__version__ and cfg["args"]["task_name"] == "rte"
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left behind
+    hidden = {p.name for p in out.iterdir() if p.name.startswith(".")}
+    assert hidden == {rg.LOCK_FILE, rg.MANIFEST}  # no temp files left behind
 
 
 def test_custom_schedule_stsb_regression(tiny_model, tiny_glue, tmp_path):

@@ -97,7 +97,7 @@ def _tiny_gpt2(path: Path) -> Path:
     assert fast.pad_token is None
     fast.save_pretrained(path)
     torch.manual_seed(0)
-    GPT2Model(GPT2Config(vocab_size=len(vocab), n_positions=64, n_embd=32, n_layer=1, n_head=2,
+    GPT2Model(GPT2Config(vocab_size=len(vocab), n_positions=128, n_embd=32, n_layer=1, n_head=2,
                          eos_token_id=1, bos_token_id=1)).save_pretrained(path)
     return path
 
