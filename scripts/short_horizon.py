@@ -23,6 +23,10 @@ The rule keeps what the paper's run did per *run* rather than per *update*, for 
   orthogonal-regularisation weight, and the AdamW rows' learning rates (Adam's steps are normalised per
   element and already learn at the short horizon).
 
+Status: this is the rule as derived, not yet a working recipe. Tested at k = 10 on MRPC with MiniLM it does not
+leave the majority class, nor do two variants (bench/RESULTS.md, "Short-horizon recipes tried"); use it to
+reproduce those runs or as the starting point of the next ones.
+
     python scripts/short_horizon.py --script vilora_clr --task mrpc --scale 10   # flags of one derived row
 
 Only the standard library is used.
