@@ -2344,7 +2344,9 @@ def _main(argv: list[str] | None, lock: OutputLock) -> int:
                 acc.print(f"final rank allocation ({sum(kept.values())} triplets kept):\n" +
                           "\n".join(f"  {name:<{width}}  {r}" for name, r in kept.items()))
             acc.print("results: " + json.dumps({k: v for k, v in results.items() if k.startswith("eval_")}))
-    _agree(acc, error)  # no process exits before the outputs are complete
+    acc.wait_for_everyone()  # no process exits before the outputs are complete
+    if error is not None:  # only the main process writes outputs; the others have nothing left to do
+        raise error
     if args.with_tracking or acc.num_processes > 1:
         acc.end_training()  # ends trackers and the process group
     if run.hub_repo is not None and acc.is_main_process:
