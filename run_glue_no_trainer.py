@@ -259,7 +259,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--adalora_orth_reg_weight", type=float, default=0.5,
                    help='AdaLoRA/VILoRA: weight of the orthogonality penalty on A and B')
     g.add_argument("--vilora_criterion", default="SNR_mean_abs",
-                   help="VILoRA importance score from IVON's posterior: SNR_mean_abs (SNR(|θ|), the paper's default), SNR (|μ|/σ), mean (|μ|), sigma (1/σ) or E_mean_abs (E|θ|)")
+                   help="VILoRA importance score from IVON's posterior: SNR_mean_abs (SNR(|θ|), the paper's "
+                        "default), SNR (|μ|/σ), mean (|μ|), sigma (1/σ) or E_mean_abs (E|θ|)")
 
     g = p.add_argument_group("IVON")
     g.add_argument("--use_ivon", action="store_true",
@@ -1327,28 +1328,37 @@ def posterior_stats(run: Run) -> dict[str, float]:
     opt = run.ivon
     names = {id(p): n for n, p in run.peft_model.named_parameters()}
     adapters = any(".lora_" in n for n in names.values())
-    parts, offset = {"mu": [], "sigma": [], "clipped": [], "start": []}, 0
-    for group in opt.param_groups:
-        wd = group["weight_decay"]
-        debias = (1.0 - group["beta1"] ** opt.current_step) if opt.current_step else 1.0
-        for p in group["params"]:
-            n = p.numel()
-            if not adapters or ".lora_" in names.get(id(p), ""):
-                mu, st = p.detach().reshape(-1).float(), opt.param_state(p)
-                h, m = st["hess"].reshape(-1).float(), st["momentum"].reshape(-1).float()
-                parts["mu"].append(mu)
-                parts["sigma"].append(1.0 / torch.sqrt(group["ess"] * (h + wd)))
-                parts["clipped"].append(((m / debias + wd * mu) / (h + wd)).abs() >= group["clip_radius"])
-                if run.start_means is not None:
-                    parts["start"].append(run.start_means[offset:offset + n].to(mu.device))
-            offset += n
+    # The script builds IVON with one parameter group (build_optimizer), so one set of hyperparameters.
+    group = opt.param_groups[0]
+    debias = (1.0 - group["beta1"] ** opt.current_step) if opt.current_step else 1.0
+    parts, offset = {"mu": [], "hess": [], "momentum": [], "start": []}, 0
+    for p in group["params"]:
+        n = p.numel()
+        if not adapters or ".lora_" in names.get(id(p), ""):
+            mu, st = p.detach().reshape(-1).float(), opt.param_state(p)
+            parts["mu"].append(mu)
+            parts["hess"].append(st["hess"].reshape(-1).float())
+            parts["momentum"].append(st["momentum"].reshape(-1).float())
+            if run.start_means is not None:
+                parts["start"].append(run.start_means[offset:offset + n].to(mu.device))
+        offset += n
     if not parts["mu"]:
         return {}
-    mu, sigma, clipped = (torch.cat(parts[k]) for k in ("mu", "sigma", "clipped"))
+    return ivon_element_stats(torch.cat(parts["mu"]), torch.cat(parts["hess"]), torch.cat(parts["momentum"]),
+                              torch.cat(parts["start"]) if parts["start"] else None, ess=opt.param_groups[0]["ess"],
+                              weight_decay=opt.param_groups[0]["weight_decay"], debias=debias,
+                              clip_radius=opt.param_groups[0]["clip_radius"])
+
+
+def ivon_element_stats(mu: torch.Tensor, hess: torch.Tensor, momentum: torch.Tensor, start: torch.Tensor | None, *,
+                       ess: float, weight_decay: float, debias: float, clip_radius: float) -> dict[str, float]:
+    """posterior_stats' numbers from flat float tensors of means, Hessian, momentum and starting means (None:
+    no distance), for one set of IVON hyperparameters; bench/ivon_horizon.py computes them from checkpoints."""
+    sigma = 1.0 / torch.sqrt(ess * (hess + weight_decay))
+    clipped = ((momentum / debias + weight_decay * mu) / (hess + weight_decay)).abs() >= clip_radius
     stats = {"post_sigma_median": sigma.median().item(), "post_absmu_median": mu.abs().median().item(),
              "post_snr_median": (mu.abs() / sigma).median().item(), "clip_fraction": clipped.float().mean().item()}
-    if parts["start"]:
-        start = torch.cat(parts["start"])
+    if start is not None:
         stats["mean_shift_rms"] = (mu - start).square().mean().sqrt().item()
         stats["mean_shift_rel"] = stats["mean_shift_rms"] / max(start.square().mean().sqrt().item(), 1e-30)
     return stats

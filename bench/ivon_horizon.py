@@ -17,6 +17,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from run_glue_no_trainer import ivon_element_stats  # noqa: E402  the numbers the training script logs
+
 
 def _load(path: Path):
     return torch.load(path, map_location="cpu", weights_only=True)
@@ -45,14 +48,12 @@ def checkpoint_stats(ckpt: Path) -> dict[str, dict[str, float]]:
         if not slices:
             continue
         pick = torch.cat([torch.arange(s.start, s.stop) for s in slices])
-        m, h, g = mu[pick], hess[pick], momentum[pick]
-        sigma = 1.0 / torch.sqrt(ess * (h + wd))
-        row = {"hess_mean": h.mean().item(), "sigma_median": sigma.median().item(),
-               "absmu_median": m.abs().median().item(), "snr_median": (m.abs() / sigma).median().item(),
-               "clip_fraction": (((g / debias + wd * m) / (h + wd)).abs() >= clip).float().mean().item()}
-        if start is not None:
-            row["shift_rms"] = (m - start[pick]).square().mean().sqrt().item()
-        out[kind] = row
+        stats = ivon_element_stats(mu[pick], hess[pick], momentum[pick], None if start is None else start[pick],
+                                   ess=ess, weight_decay=wd, debias=debias, clip_radius=clip)
+        out[kind] = {"hess_mean": hess[pick].mean().item(), "sigma_median": stats["post_sigma_median"],
+                     "absmu_median": stats["post_absmu_median"], "snr_median": stats["post_snr_median"],
+                     "clip_fraction": stats["clip_fraction"]} | \
+            ({"shift_rms": stats["mean_shift_rms"]} if "mean_shift_rms" in stats else {})
     return out
 
 
