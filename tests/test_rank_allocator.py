@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import pytest
 import torch
 from torch import nn
 
+from peft import AdaLoraConfig, VILoraConfig
 from peft.importance import POSTERIOR_SCORES
 from peft.rank_allocator import RankAllocator, budget_at_step, mask_using_rank_pattern, validate_schedule
 
@@ -64,18 +64,21 @@ class FakeModel(nn.Module):
 MODULES = [f"encoder.{i}.{m}" for i in range(2) for m in ("query", "value", "dense")]
 
 
-@dataclass
-class FakeConfig:
-    init_r: int = 4
-    target_r: int = 2
-    tinit: int = 2
-    tfinal: int = 3
-    deltaT: int = 1
-    beta1: float = 0.85
-    beta2: float = 0.85
-    total_step: int | None = 20
-    rank_pattern: dict | None = None
-    criterion: str = "sensitivity"
+def make_config(criterion: str = "sensitivity", **kw) -> AdaLoraConfig:
+    """A real peft config with these tests' defaults (init_r 4 -> target_r 2 over 20 updates): AdaLoraConfig for
+    the sensitivity score, VILoraConfig for a posterior criterion."""
+    fields = dict(init_r=4, target_r=2, tinit=2, tfinal=3, deltaT=1, beta1=0.85, beta2=0.85, total_step=20) | kw
+    if criterion == "sensitivity":
+        return AdaLoraConfig(**fields)
+    return VILoraConfig(criterion=criterion, **fields)
+
+
+def with_fields(config: AdaLoraConfig, **fields) -> AdaLoraConfig:
+    """`config` with fields changed after construction, as a user changing a built config would: values the config
+    itself refuses, for the allocator's own checks."""
+    for name, value in fields.items():
+        setattr(config, name, value)
+    return config
 
 
 class FakeIVON(torch.optim.Optimizer):
@@ -166,20 +169,20 @@ def test_schedule_errors_name_the_numbers():
                                          r"2400 - 1800 = 600"):
         budget_at_step(5, **{**DEBERTA, "total_step": 2400})
     with pytest.raises(ValueError, match="no budgeting phase: tinit=9 must be < .* = 10 - 1 = 9"):
-        validate_schedule(FakeConfig(tinit=9, tfinal=0, total_step=10))
+        validate_schedule(make_config(tinit=9, tfinal=0, total_step=10))
     with pytest.raises(ValueError, match="deltaT must be >= 1, got 0"):
-        validate_schedule(FakeConfig(deltaT=0))
+        validate_schedule(make_config(deltaT=0))
     with pytest.raises(ValueError, match="total_step must be a positive int, got 0"):
-        validate_schedule(FakeConfig(total_step=0))
+        validate_schedule(with_fields(make_config(), total_step=0))
     with pytest.raises(ValueError, match=r"target budget 300 must lie in \[0, init budget 219\]"):
         budget_at_step(700, **{**DEBERTA, "target_bgt": 300})
-    validate_schedule(FakeConfig())
+    validate_schedule(make_config())
 
 
 # ------------------------------------------------------------------------------------------ construction
 def test_construction_counts_budgets_from_parameter_names():
     model = FakeModel(r=4, adapter="other")
-    alloc = RankAllocator(model, FakeConfig(target_r=1), "other")
+    alloc = RankAllocator(model, make_config(target_r=1), "other")
     assert alloc.init_ranks == {m: 4 for m in MODULES}
     assert (alloc.init_bgt, alloc.target_bgt) == (24, 6)
     assert alloc.current_budget is None
@@ -189,13 +192,11 @@ def test_construction_counts_budgets_from_parameter_names():
 def test_construction_errors():
     model = FakeModel()
     with pytest.raises(ValueError, match=r"target_r=5 must lie in \[0, init_r\]: target budget 30 vs initial budget 24"):
-        RankAllocator(model, FakeConfig(target_r=5), AD)
+        RankAllocator(model, with_fields(make_config(), target_r=5), AD)
     with pytest.raises(ValueError, match="no '\\*.lora_A.nope' parameters"):
-        RankAllocator(model, FakeConfig(), "nope")
-    with pytest.raises(ValueError, match="unknown importance criterion 'snr'; valid criteria: 'sensitivity'"):
-        RankAllocator(model, FakeConfig(criterion="snr"), AD)
+        RankAllocator(model, make_config(), "nope")
     with pytest.raises(ValueError, match="beta1 must lie strictly between 0 and 1"):
-        RankAllocator(model, FakeConfig(beta1=1.0), AD)
+        RankAllocator(model, with_fields(make_config(), beta1=1.0), AD)
 
 
 # ----------------------------------------------------------------------------------- sensitivity masking
@@ -208,7 +209,7 @@ def run(model, alloc, optimizer, steps, record=None):
 
 
 def test_sensitivity_kept_ranks_equal_the_budget_after_every_mask():
-    model, cfg = FakeModel(), FakeConfig(total_step=20, tinit=2, tfinal=3, deltaT=1)
+    model, cfg = FakeModel(), make_config(total_step=20, tinit=2, tfinal=3, deltaT=1)
     alloc = RankAllocator(model, cfg, AD)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     record = []
@@ -227,7 +228,7 @@ def test_sensitivity_kept_ranks_equal_the_budget_after_every_mask():
 
 def test_ties_at_the_threshold_are_all_pruned():
     model = FakeModel(r=4)
-    alloc = RankAllocator(model, FakeConfig(criterion="mean"), AD)
+    alloc = RankAllocator(model, make_config(criterion="mean"), AD)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if ".lora_A." in n or ".lora_B." in n:
@@ -245,7 +246,7 @@ def test_ties_at_the_threshold_are_all_pruned():
 
 def test_zero_gradients_prune_everything_with_a_warning():
     """Zero (not None) grads give all-zero scores and `<=` prunes every triplet, as in AdaLoRA."""
-    model, cfg = FakeModel(), FakeConfig()
+    model, cfg = FakeModel(), make_config()
     alloc = RankAllocator(model, cfg, AD)
     for step in range(3):
         for p in lora_params(model):
@@ -258,7 +259,7 @@ def test_zero_gradients_prune_everything_with_a_warning():
 
 def test_triplet_score_is_e_plus_row_mean_of_a_plus_column_mean_of_b():
     model = FakeModel(r=3)
-    alloc = RankAllocator(model, FakeConfig(target_r=1, criterion="mean"), AD)
+    alloc = RankAllocator(model, make_config(target_r=1, criterion="mean"), AD)
     alloc.set_optimizer(FakeIVON(model.parameters()))
     alloc._update_posterior(model)
     s = alloc.triplet_scores(model)
@@ -269,7 +270,7 @@ def test_triplet_score_is_e_plus_row_mean_of_a_plus_column_mean_of_b():
 
 
 def test_nothing_to_prune_when_target_equals_init():
-    model, cfg = FakeModel(r=3), FakeConfig(target_r=3)
+    model, cfg = FakeModel(r=3), make_config(target_r=3)
     alloc = RankAllocator(model, cfg, AD)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     for step in range(20):
@@ -282,7 +283,7 @@ def test_nothing_to_prune_when_target_equals_init():
 
 
 def test_target_rank_zero_prunes_everything_without_warning(recwarn):
-    model, cfg = FakeModel(r=2), FakeConfig(target_r=0, total_step=6, tinit=1, tfinal=2)
+    model, cfg = FakeModel(r=2), make_config(target_r=0, total_step=6, tinit=1, tfinal=2)
     alloc = RankAllocator(model, cfg, AD)
     run(model, alloc, torch.optim.SGD(model.parameters(), lr=0.05), range(6))
     assert alloc.current_budget == kept_from_weights(model) == 0
@@ -290,7 +291,7 @@ def test_target_rank_zero_prunes_everything_without_warning(recwarn):
 
 
 def test_sensitivity_ema_updates_at_every_step_before_t_minus_tfinal():
-    model, cfg = FakeModel(), FakeConfig(total_step=12, tinit=2, tfinal=4, deltaT=3)
+    model, cfg = FakeModel(), make_config(total_step=12, tinit=2, tfinal=4, deltaT=3)
     alloc = RankAllocator(model, cfg, AD)
     name = model.lora_names("lora_A")[0]
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -308,7 +309,7 @@ def test_sensitivity_ema_updates_at_every_step_before_t_minus_tfinal():
 
 def test_sensitivity_works_with_an_ivon_like_optimizer_and_names_missing_grads():
     model = FakeModel()
-    alloc = RankAllocator(model, FakeConfig(), AD)
+    alloc = RankAllocator(model, make_config(), AD)
     opt = FakeIVON([{"params": lora_params(model)[::-1]}])
     alloc.set_optimizer(Wrapped(opt))
     run(model, alloc, opt, range(4))
@@ -328,7 +329,7 @@ def test_posterior_scores_are_matched_by_parameter_identity(criterion):
     head = list(model.classifier.parameters())
     # three groups, none in model order, classifier in the middle: position-based slicing would mismatch
     opt = FakeIVON([{"params": shuffled[:5]}, {"params": head}, {"params": shuffled[5:]}])
-    alloc = RankAllocator(model, FakeConfig(criterion=criterion), AD)
+    alloc = RankAllocator(model, make_config(criterion=criterion), AD)
     alloc.set_optimizer(Wrapped(Wrapped(opt)))
     alloc._update_posterior(model)
     fn = POSTERIOR_SCORES[criterion]
@@ -347,7 +348,7 @@ def test_a_user_score_that_looks_at_whole_tensors_is_called_per_tensor(monkeypat
     monkeypatch.setitem(POSTERIOR_SCORES, "share", share_of_tensor)
     model = FakeModel()
     opt = FakeIVON([{"params": lora_params(model)}, {"params": list(model.classifier.parameters())}])
-    alloc = RankAllocator(model, FakeConfig(criterion="share"), AD)
+    alloc = RankAllocator(model, make_config(criterion="share"), AD)
     alloc.set_optimizer(opt)
     alloc._update_posterior(model)
     for name, p in model.named_parameters():
@@ -356,7 +357,7 @@ def test_a_user_score_that_looks_at_whole_tensors_is_called_per_tensor(monkeypat
 
 
 def test_posterior_scores_recompute_only_on_deltaT_steps_inside_the_budgeting_window():
-    model, cfg = FakeModel(), FakeConfig(criterion="SNR_mean_abs", total_step=30, tinit=4, tfinal=6, deltaT=4)
+    model, cfg = FakeModel(), make_config(criterion="SNR_mean_abs", total_step=30, tinit=4, tfinal=6, deltaT=4)
     alloc = RankAllocator(model, cfg, AD)
     opt = FakeIVON(model.parameters())
     alloc.set_optimizer(opt)
@@ -378,7 +379,7 @@ def test_posterior_scores_recompute_only_on_deltaT_steps_inside_the_budgeting_wi
 
 def test_posterior_final_mask_computes_scores_when_none_were_taken():
     # deltaT = 7: no multiple of 7 in (tinit, T − tf] = (3, 6], so the forced final mask computes scores itself
-    model, cfg = FakeModel(), FakeConfig(criterion="SNR", total_step=10, tinit=3, tfinal=4, deltaT=7)
+    model, cfg = FakeModel(), make_config(criterion="SNR", total_step=10, tinit=3, tfinal=4, deltaT=7)
     alloc = RankAllocator(model, cfg, AD)
     opt = FakeIVON(model.parameters())
     alloc.set_optimizer(opt)
@@ -388,7 +389,7 @@ def test_posterior_final_mask_computes_scores_when_none_were_taken():
 
 def test_posterior_criterion_needs_an_ivon_like_optimizer():
     model = FakeModel()
-    alloc = RankAllocator(model, FakeConfig(criterion="SNR_mean_abs"), AD)
+    alloc = RankAllocator(model, make_config(criterion="SNR_mean_abs"), AD)
     sgd = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="'SNR_mean_abs' \\(VILoRA\\) needs the IVON optimizer: pass it via "
                                          "set_optimizer\\(opt\\).*got Wrapped -> SGD"):
@@ -404,7 +405,7 @@ def test_posterior_criterion_needs_an_ivon_like_optimizer():
 
 # ------------------------------------------------------------------------------------------- final phase
 def test_final_phase_remasks_after_the_optimizer_moves_masked_entries():
-    model, cfg = FakeModel(), FakeConfig(total_step=20, tinit=2, tfinal=5)
+    model, cfg = FakeModel(), make_config(total_step=20, tinit=2, tfinal=5)
     alloc = RankAllocator(model, cfg, AD)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     run(model, alloc, opt, range(16))
@@ -420,7 +421,7 @@ def test_final_phase_remasks_after_the_optimizer_moves_masked_entries():
 
 def test_tfinal_zero_masks_to_target_at_the_last_step():
     """README, fixed defect 9: the script's last call is step T−1; the original kept the last cubic mask."""
-    model, cfg = FakeModel(), FakeConfig(target_r=1, total_step=12, tinit=2, tfinal=0, deltaT=6)
+    model, cfg = FakeModel(), make_config(target_r=1, total_step=12, tinit=2, tfinal=0, deltaT=6)
     alloc = RankAllocator(model, cfg, AD)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     run(model, alloc, opt, range(11))
@@ -434,7 +435,7 @@ def test_tfinal_zero_masks_to_target_at_the_last_step():
 
 
 def test_final_phase_without_a_pattern_is_a_clear_error():
-    model, cfg = FakeModel(), FakeConfig()
+    model, cfg = FakeModel(), make_config()
     alloc = RankAllocator(model, cfg, AD)
     with pytest.raises(RuntimeError, match="step 18 is in the final phase \\(after step 17\\) but config.rank_pattern is"):
         alloc.update_and_allocate(model, 18)
@@ -445,10 +446,10 @@ def test_missing_total_step_and_empty_schedule_fail_at_the_first_call():
     for p in lora_params(model):
         p.grad = torch.ones_like(p)
     with pytest.raises(ValueError, match="total_step is not set: set config.total_step"):
-        RankAllocator(model, FakeConfig(total_step=None), AD).update_and_allocate(model, 0)
+        RankAllocator(model, make_config(total_step=None), AD).update_and_allocate(model, 0)
     with pytest.raises(ValueError, match="no budgeting phase: tinit=2 must be < total_step - max\\(tfinal, 1\\) = "
                                          "5 - 3 = 2"):
-        RankAllocator(model, FakeConfig(total_step=5), AD).update_and_allocate(model, 0)
+        RankAllocator(model, make_config(total_step=5), AD).update_and_allocate(model, 0)
 
 
 # ------------------------------------------------------------------------------------- rank-pattern masks
@@ -483,7 +484,7 @@ def test_state_dict_round_trip_continues_identically(criterion, tmp_path):
         opt = FakeIVON([{"params": lora_params(model)}, {"params": model.classifier.parameters()}])
         torch.manual_seed(11)
         opt.sigmas = {p: 0.05 + torch.rand(p.shape) for p in opt.sigmas}
-        alloc = RankAllocator(model, FakeConfig(**kw), AD)
+        alloc = RankAllocator(model, make_config(**kw), AD)
         alloc.set_optimizer(opt)
         return model, opt, alloc
 
@@ -514,7 +515,7 @@ def test_state_dict_round_trip_continues_identically(criterion, tmp_path):
         run(model3, alloc3, opt3, range(9, 24))
         assert alloc3.config.rank_pattern != alloc.config.rank_pattern
     with pytest.raises(ValueError, match="allocator state has criterion="):
-        RankAllocator(model3, FakeConfig(criterion="mean"), AD).load_state_dict(ck["alloc"])
+        RankAllocator(model3, make_config(criterion="mean"), AD).load_state_dict(ck["alloc"])
 
 
 # ----------------------------------------------------------------------------------------- real IVON
@@ -525,7 +526,7 @@ def test_vilora_scores_with_the_real_ivon_optimizer():
     model = FakeModel()
     params = lora_params(model)
     opt = ivon.IVON([{"params": params[::-1]}, {"params": list(model.classifier.parameters())}], lr=0.1, ess=100.0)
-    cfg = FakeConfig(criterion="SNR_mean_abs", total_step=8, tinit=1, tfinal=2, deltaT=1)
+    cfg = make_config(criterion="SNR_mean_abs", total_step=8, tinit=1, tfinal=2, deltaT=1)
     alloc = RankAllocator(model, cfg, AD)
     alloc.set_optimizer(Wrapped(opt))
     for step in range(8):

@@ -125,33 +125,36 @@ def test_metric_keys_per_task():
 
 
 def test_ivon_predictive_eval_averages_samples_for_regression():
-    """Defect 6: STS-B predictions are the mean over the K posterior samples, not the last sample."""
-    class Model(torch.nn.Module):
-        noise = 0.0
+    """Defect 6: STS-B predictions are the mean over the K posterior samples' scores, not the last sample's.
+    A real tiny regression model (1 label) and a real IVON posterior; the metric only records predictions."""
+    import ivon
+    from _peft_utils import batch as make_batch, tiny_deberta
 
-        def forward(self, input_ids, **_):
-            return types.SimpleNamespace(logits=input_ids.float()[:, :1] + self.noise)
-
-    class FakeIvon:
-        def __init__(self, model):
-            self.model, self.k = model, 0
-
-        def sampled_params(self, train=False):
-            import contextlib
-            self.k += 1
-            self.model.noise = float(self.k)  # samples 1, 2, 3 -> mean noise 2
-            return contextlib.nullcontext()
+    model = tiny_deberta(seed=0, num_labels=1)
+    posterior = ivon.IVON(model.parameters(), lr=0.1, ess=50.0)  # small ess: samples far apart
+    inputs = {k: v for k, v in make_batch(seed=4, size=4).items() if k != "labels"}
+    torch.manual_seed(8)
+    samples = []
+    for _ in range(3):
+        with posterior.sampled_params(train=False), torch.no_grad():
+            samples.append(model(**inputs).logits.float()[:, 0])
+    with torch.no_grad():
+        mean_model = model(**inputs).logits[:, 0]
 
     seen = []
     metric = types.SimpleNamespace(add_batch=lambda predictions, references: seen.append(predictions),
                                    compute=lambda: {"pearson": 1.0})
-    model = Model()
-    run = types.SimpleNamespace(model=model, ivon=FakeIvon(model), is_regression=True, metric=metric,
+    run = types.SimpleNamespace(model=model, ivon=posterior, is_regression=True, metric=metric,
                                 args=types.SimpleNamespace(ivon_infer_mc_samples=3),
                                 accelerator=types.SimpleNamespace(device=torch.device("cpu")))
-    loader = [{"input_ids": torch.tensor([[1], [5]]), "labels": torch.tensor([0.0, 1.0])}]
-    rg.evaluate(run, loader)
-    assert seen[0].tolist() == [3.0, 7.0]
+    torch.manual_seed(8)  # the same three posterior draws
+    rg.evaluate(run, [dict(inputs, labels=torch.zeros(4))])
+    (pred,) = seen
+    expected = (samples[0] + samples[1] + samples[2]) / 3
+    torch.testing.assert_close(torch.from_numpy(pred), expected, rtol=0, atol=1e-6)
+    for other in (samples[-1], mean_model):  # neither the last sample nor the posterior mean
+        assert (torch.from_numpy(pred) - other).abs().max() > 1e-3
+    assert run.n_eval == 4
 
 
 # ------------------------------------------------------------------------------------------ GLUE loading
