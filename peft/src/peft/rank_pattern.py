@@ -14,8 +14,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["adapter_tensor_module", "keep_triplets", "masks_by_module", "pattern_module_path", "strip_adapter_name",
-           "triplet_dim"]
+__all__ = ["MODEL_PREFIX", "adapter_tensor_module", "keep_triplets", "masks_by_module", "pattern_module_path",
+           "strip_adapter_name", "triplet_dim"]
 
 # In-memory names of adapter tensors under a PeftModel start with this; file keys do too.
 MODEL_PREFIX = "base_model.model."
