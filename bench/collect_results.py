@@ -12,11 +12,12 @@ runs are listed and skipped.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from glue_run.files import write_atomic  # noqa: E402  the training script's one atomic writer
 
 SMALL_FILES = ("all_results.json", "run_config.json", "rank_pattern.json")
 
@@ -27,14 +28,6 @@ def _kept(line: str) -> bool:
     except json.JSONDecodeError:
         return False
     return isinstance(record, dict) and any(k.startswith(("eval_", "post_", "epoch_train_loss")) for k in record)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def collect(root: Path, dest: Path) -> tuple[list[Path], list[Path]]:
@@ -49,7 +42,7 @@ def collect(root: Path, dest: Path) -> tuple[list[Path], list[Path]]:
                 shutil.copyfile(run / name, target / name)
         if (run / "log.jsonl").is_file():
             lines = (run / "log.jsonl").read_text().splitlines(keepends=True)
-            _write_atomic(target / "log.jsonl", "".join(line for line in lines if _kept(line)))
+            write_atomic(target / "log.jsonl", "".join(line for line in lines if _kept(line)))
         done.append(run)
     for log in sorted(root.rglob("log.jsonl")):
         if not (log.parent / "all_results.json").exists():

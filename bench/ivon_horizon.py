@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from run_glue_no_trainer import ivon_element_stats  # noqa: E402  the numbers the training script logs
+from glue_run.ivon_stats import ivon_element_stats  # noqa: E402  the numbers the training script logs
 
 
 def _load(path: Path):

@@ -13,25 +13,20 @@ from N(0, 0.02). IVON/VILoRA runs are ours only.
 """
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("run_glue_no_trainer", REPO / "run_glue_no_trainer.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def adapt_peer_api(rg) -> None:
+def adapt_peer_api() -> None:
     """Give Hugging Face PEFT the few calls the script makes on our peft, with the peer's own behaviour."""
     import peft
     from peft.tuners.adalora import AdaLoraConfig, AdaLoraModel
+    from peft.tuners.lora import LoraConfig
+
+    from glue_run import settings
 
     if getattr(peft, "VILoraConfig", None) is not None:
         raise SystemExit("peer_hf_peft: this environment has our peft, not Hugging Face's; use .venv-hfpeft")
@@ -47,8 +42,11 @@ def adapt_peer_api(rg) -> None:
     AdaLoraModel.kept_ranks = kept_ranks
     AdaLoraModel.current_budget = property(lambda self: None)    # not exposed by the peer; logged as null
     AdaLoraConfig.validate_schedule = lambda self: None          # the peer checks its schedule on construction
+    # Our configs state their method and importance score; the peer's class says it (AdaLoRA is a LoRA subclass).
+    LoraConfig.method = property(lambda self: "adalora" if isinstance(self, AdaLoraConfig) else "lora")
+    LoraConfig.importance_criterion = property(lambda self: "sensitivity" if isinstance(self, AdaLoraConfig) else None)
 
-    ours = rg.adapter_config
+    ours = settings.adapter_config
 
     def adapter_config(args):
         if args.lora_type == "vilora" or args.use_ivon:
@@ -64,7 +62,7 @@ def adapt_peer_api(rg) -> None:
                                  orth_reg_weight=args.adalora_orth_reg_weight, total_step=args.max_train_steps)
         return ours(args)
 
-    rg.adapter_config = adapter_config
+    settings.adapter_config = adapter_config  # every caller (flag checks, step plan, model) looks it up there
 
 
 def _with_type(args, lora_type):
@@ -73,9 +71,9 @@ def _with_type(args, lora_type):
 
 
 def main(argv: list[str] | None = None) -> int:
-    rg = _script()
-    adapt_peer_api(rg)
-    return rg.main(argv)
+    adapt_peer_api()
+    import run_glue_no_trainer
+    return run_glue_no_trainer.main(argv)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
     python scripts/plot_ranks.py RUN_DIR [-o out.png]
 
 Reads RUN_DIR/rank_pattern.json (else the ``rank_pattern`` of RUN_DIR/adapter_config.json): module path ->
-keep mask over the ``init_r`` triplets, e.g. ``deberta.encoder.layer.3.attention.self.query_proj.lora_E``.
+keep mask over the ``init_r`` triplets, e.g. ``deberta.encoder.layer.3.attention.self.query_proj.lora_E`` (keys
+read by ``peft.rank_pattern``; one that names no ``lora_E`` is an error).
 The kept rank is the number of True entries. Rows are encoder layers (the index in the module path), columns
 the weight matrices as in the AdaLoRA paper's rank-distribution figure (W_q, W_k, W_v, W_o, W_f1, W_f2);
 adapted matrices outside the layers (DeBERTa's pooler) get cells beside the grid. Names of DeBERTa-v2 and
@@ -24,6 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from peft.rank_pattern import MODEL_PREFIX, pattern_module_path  # noqa: E402  peft's one reading of pattern keys
 
 COLUMNS = ["query", "key", "value", "attention-output", "intermediate", "output"]
 COLUMN_LABELS = {"query": "query\n$W_q$", "key": "key\n$W_k$", "value": "value\n$W_v$",
@@ -39,8 +41,6 @@ MODULE_COLUMNS = [
     (re.compile(r"output\.dense"), "output"),
 ]
 LAYER = re.compile(r"(?:^|\.)layers?\.(\d+)\.(.+)$")
-# Suffixes that are not part of the module path: the AdaLoRA parameter and, in older files, the adapter.
-TRAILING = re.compile(r"(\.lora_[EAB])?(\.default)?$")
 
 
 def load_rank_pattern(run_dir: Path) -> tuple[dict[str, int], int | None]:
@@ -54,7 +54,7 @@ def load_rank_pattern(run_dir: Path) -> tuple[dict[str, int], int | None]:
                          "(only AdaLoRA/VILoRA runs have one)")
     ranks = {}
     for name, value in pattern.items():
-        module = TRAILING.sub("", name.removeprefix("base_model.model."))
+        module = pattern_module_path(name.removeprefix(MODEL_PREFIX), "default")
         ranks[module] = sum(bool(v) for v in value) if isinstance(value, list) else int(value)
     init_r = config.get("init_r")
     if init_r is None:

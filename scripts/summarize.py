@@ -30,15 +30,16 @@ import csv
 import io
 import json
 import math
-import os
 import re
 import statistics
 import sys
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from glue_run.files import write_atomic  # noqa: E402  the training script's one atomic writer
 
 # Per task: (all_results.json key, label) of the numbers the paper reports, in the paper's column order.
 TASK_METRICS: dict[str, list[tuple[str, str]]] = {
@@ -356,20 +357,6 @@ def csv_rows(rows: dict[tuple[str, str], dict[str, Cell]]) -> list[dict[str, obj
         out.append(dict(source="adalora_paper", method=name, rank="", task="avg", metric="glue_avg",
                         mean=avg, std="", n=len(TASKS), detail=";".join(TASKS)))
     return out
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` in one step: a reader sees the old file or the new one, never half of
-    one, and a symlink at ``path`` is itself replaced (os.replace), so its target is never written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,21 +95,19 @@ def read_log(out: Path) -> list[dict]:
 
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "run_glue_no_trainer.py"
+SCRIPT = REPO / "run_glue_no_trainer.py"  # tests import it as `run_glue_no_trainer` (pytest.ini puts REPO on the path)
 
 
-def load_script():
-    """Import run_glue_no_trainer.py as a module (it is a script at the repo root, not a package)."""
-    import importlib.util
+def import_bench(name: str):
+    """Import bench/<name>.py by its name: bench/ is a folder of scripts, on the path only for this import."""
+    import importlib
     import sys
 
-    if "run_glue_no_trainer" in sys.modules:
-        return sys.modules["run_glue_no_trainer"]
-    spec = importlib.util.spec_from_file_location("run_glue_no_trainer", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["run_glue_no_trainer"] = module
-    spec.loader.exec_module(module)
-    return module
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "bench"))
 
 
 def have_adapters() -> bool:

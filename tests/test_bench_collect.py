@@ -1,16 +1,13 @@
 """bench/collect_results.py keeps the small results of finished runs (metrics, config, curve), nothing else."""
 from __future__ import annotations
 
-import importlib.util
 import json
 
-from _run_glue_utils import REPO
+from _run_glue_utils import import_bench
 
 
 def test_collects_finished_runs_with_their_curves_only(tmp_path):
-    spec = importlib.util.spec_from_file_location("collect_results", REPO / "bench" / "collect_results.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = import_bench("collect_results")
     root, dest = tmp_path / "outputs", tmp_path / "results"
     done = root / "vilora_clr" / "rank2" / "mrpc" / "seed2021"
     (done / "checkpoints" / "step_3").mkdir(parents=True)

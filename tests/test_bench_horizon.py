@@ -1,20 +1,16 @@
 """bench/ivon_horizon.py reads the same IVON statistics from a run's checkpoints as the script logs."""
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-from _run_glue_utils import REPO, have_adapters, load_script, make_tiny_model, read_log, write_tiny_glue
+from _run_glue_utils import have_adapters, import_bench, make_tiny_model, read_log, write_tiny_glue
 
 pytestmark = pytest.mark.skipif(not have_adapters(), reason="peft/ivon packages not available yet")
 
 
 def test_checkpoint_statistics_equal_the_logged_ones(tmp_path):
-    spec = importlib.util.spec_from_file_location("ivon_horizon", REPO / "bench" / "ivon_horizon.py")
-    horizon = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(horizon)
-    rg = load_script()
+    horizon = import_bench("ivon_horizon")
+    import run_glue_no_trainer as rg
     model, glue = make_tiny_model(tmp_path / "model"), write_tiny_glue(tmp_path / "glue", "rte")
     out = tmp_path / "run"
     assert rg.main(["--model_name_or_path", str(model), "--task_name", "rte", "--glue_dir", str(glue),

@@ -1,18 +1,12 @@
 """bench/step_time.py's CPU memory measure: the peak of live tensor bytes, replayed from torch.profiler."""
-import importlib.util
-from pathlib import Path
-
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-REPO = Path(__file__).resolve().parents[1]
+from _run_glue_utils import import_bench
 
 
 def _step_time():
-    spec = importlib.util.spec_from_file_location("step_time", REPO / "bench" / "step_time.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_bench("step_time")
 
 
 def _profiled(fn):

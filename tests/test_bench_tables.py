@@ -1,20 +1,18 @@
 """bench/cpu_hparams.tsv is what bench/make_cpu_hparams.py derives from scripts/hparams.tsv, scaled as documented."""
 from __future__ import annotations
 
-import importlib.util
 import math
 import subprocess
 import sys
 from pathlib import Path
 
+from _run_glue_utils import import_bench
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _generator():
-    spec = importlib.util.spec_from_file_location("make_cpu_hparams", REPO / "bench" / "make_cpu_hparams.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return import_bench("make_cpu_hparams")
 
 
 def test_committed_table_is_the_generated_one(tmp_path, monkeypatch):

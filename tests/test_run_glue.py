@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from _run_glue_utils import REPO, SCRIPT, load_script, make_tiny_model, read_log, read_results, write_tiny_glue
+from _run_glue_utils import REPO, SCRIPT, make_tiny_model, read_log, read_results, write_tiny_glue
 
-rg = load_script()
+import run_glue_no_trainer as rg
+from glue_run import batches, manifest, schedule, settings
+from glue_run import data as glue_data
 
 # Row counts (headers excluded) of the standard GLUE download.
 MANIFEST_ROWS = {("cola", "train"): 8551, ("cola", "validation"): 1043, ("sst2", "train"): 67349,
@@ -56,7 +58,7 @@ def run_main(*argv, model, glue=None, out, task="rte", **flags) -> int:
 # ------------------------------------------------------------------------------------------ pure pieces
 def test_custom_lr_schedule_matches_spec_example():
     # The RTE vilora_clr row of scripts/hparams.tsv: W=100, C=400, first 2.0, second 0.5, end 0, N=50·78=3900.
-    lam = lambda s: rg.custom_lr_lambda(s, warmup_steps=100, const_end=400, total_steps=3900,  # noqa: E731
+    lam = lambda s: schedule.custom_lr_lambda(s, warmup_steps=100, const_end=400, total_steps=3900,  # noqa: E731
                                         first_lr=2.0, second_lr=0.5, end_lr=0.0)
     assert lam(0) == 0.0 and lam(1) == pytest.approx(0.02) and lam(99) == pytest.approx(1.98)
     assert lam(100) == lam(399) == 2.0
@@ -65,7 +67,7 @@ def test_custom_lr_schedule_matches_spec_example():
 
 def test_custom_schedule_const_end_from_epochs_or_steps():
     def end(*flags):
-        return rg.custom_schedule_const_end(rg.parse_args(["--model_name_or_path", "m", *flags]), 78)
+        return schedule.custom_schedule_const_end(rg.parse_args(["--model_name_or_path", "m", *flags]), 78)
     assert end("--lr_schedule_const_epochs", "500") == 500       # > 100: a step count (the paper's tables)
     assert end("--lr_schedule_const_epochs", "1.5") == 117.0     # else epochs x updates per epoch
     assert end() == 78                                           # default: one epoch
@@ -82,22 +84,22 @@ def test_const_steps_and_const_epochs_are_exclusive(tmp_path, capsys):
 def test_step_plan_counts_partial_accumulation_groups():
     args = rg.parse_args(["--model_name_or_path", "m", "--task_name", "rte", "--per_device_train_batch_size", "8",
                           "--gradient_accumulation_steps", "3", "--num_train_epochs", "2"])
-    plan = rg.plan_steps(args, 50)  # 7 batches -> groups of 3, 3, 1 -> 3 updates per epoch
+    plan = schedule.plan_steps(args, 50)  # 7 batches -> groups of 3, 3, 1 -> 3 updates per epoch
     assert (plan.batches_per_epoch, plan.updates_per_epoch, plan.max_train_steps, plan.num_epochs) == (7, 3, 6, 2)
 
 
 def test_epoch_batches_are_reproducible_per_epoch():
-    a, b = rg.epoch_batches(20, 6, seed=1, epoch=0), rg.epoch_batches(20, 6, seed=1, epoch=0)
+    a, b = batches.epoch_batches(20, 6, seed=1, epoch=0), batches.epoch_batches(20, 6, seed=1, epoch=0)
     assert a == b and [len(x) for x in a] == [6, 6, 6, 2]
     assert sorted(i for x in a for i in x) == list(range(20))
-    assert rg.epoch_batches(20, 6, seed=1, epoch=1) != a
+    assert batches.epoch_batches(20, 6, seed=1, epoch=1) != a
 
 
 def test_epoch_orders_of_different_seeds_are_independent():
     """Seeds 2021-2025 over 50 epochs (RTE's schedule): no epoch order of one seed reappears in another, and
     the orders agree position by position no more often than independent permutations would (1 in n)."""
     n, epochs = 2490, 50
-    orders = {(s, e): [i for b in rg.epoch_batches(n, 32, seed=s, epoch=e) for i in b]
+    orders = {(s, e): [i for b in batches.epoch_batches(n, 32, seed=s, epoch=e) for i in b]
               for s in range(2021, 2026) for e in range(epochs)}
     assert len({tuple(o) for o in orders.values()}) == len(orders)   # with seed + epoch: 46 of 50 shared
     same = [sum(a == b for a, b in zip(orders[(s, e)], orders[(t, f)]))
@@ -160,47 +162,47 @@ def test_ivon_predictive_eval_averages_samples_for_regression():
 # ------------------------------------------------------------------------------------------ GLUE loading
 @pytest.mark.parametrize("task", ["cola", "sst2", "mrpc", "stsb", "qnli", "rte", "wnli"])
 def test_glue_dir_matches_manifest(glue_dir, task):
-    features = rg.glue_features(task)
+    features = glue_data.glue_features(task)
     for split in ("train", "validation"):
-        path = glue_dir / rg.GLUE_FOLDER[task] / rg.GLUE_SPLIT_FILES[split]
+        path = glue_dir / glue_data.GLUE_FOLDER[task] / glue_data.GLUE_SPLIT_FILES[split]
         if not path.exists():
             assert (task, split) not in MANIFEST_ROWS
             continue
         import datasets
-        ds = datasets.Dataset.from_dict(rg.read_glue_tsv(path, task), features=features)
+        ds = datasets.Dataset.from_dict(glue_data.read_glue_tsv(path, task), features=features)
         assert len(ds) == MANIFEST_ROWS[(task, split)]
-        assert ds.column_names == [*rg.GLUE_TSV[task][1], "label", "idx"]
+        assert ds.column_names == [*glue_data.GLUE_TSV[task][1], "label", "idx"]
         assert ds["idx"][:3] == [0, 1, 2]
         labels = ds["label"]
         if task == "stsb":
             assert 0.0 <= min(labels) and max(labels) <= 5.0
         else:
-            assert set(labels) == set(range(len(rg.LABEL_NAMES[task])))
+            assert set(labels) == set(range(len(glue_data.LABEL_NAMES[task])))
     # First dev rows as in the Hub's nyu-mll/glue validation splits (label ids, start of the text).
     first = {"cola": ("sentence", 1, "The sailors rode"), "rte": ("sentence1", 1, "Dana Reeve"),
              "qnli": ("question", 0, "What came into force"), "mrpc": ("sentence1", 1, "He said the foodservice"),
              "sst2": ("sentence", 1, "it 's a charming"), "wnli": ("sentence1", 0, "The drain is clogged")}
-    if task in first and (glue_dir / rg.GLUE_FOLDER[task] / "dev.tsv").exists():
+    if task in first and (glue_dir / glue_data.GLUE_FOLDER[task] / "dev.tsv").exists():
         col, label, text = first[task]
-        dev = rg.read_glue_tsv(glue_dir / rg.GLUE_FOLDER[task] / "dev.tsv", task)
+        dev = glue_data.read_glue_tsv(glue_dir / glue_data.GLUE_FOLDER[task] / "dev.tsv", task)
         assert dev["label"][0] == label and dev[col][0].startswith(text)
     if task == "mrpc":  # quoting off: a leading quote stays part of the text
-        assert rg.read_glue_tsv(glue_dir / "MRPC" / "dev.tsv", task)["sentence2"][0].startswith('"The foodservice')
+        assert glue_data.read_glue_tsv(glue_dir / "MRPC" / "dev.tsv", task)["sentence2"][0].startswith('"The foodservice')
 
 
 def test_glue_dir_label_ids_follow_the_hub(glue_dir):
     # Hub ids: rte/qnli entailment=0; MRPC header starts with a BOM that must not leak into a column.
-    rte = rg.read_glue_tsv(glue_dir / "RTE" / "dev.tsv", "rte")
+    rte = glue_data.read_glue_tsv(glue_dir / "RTE" / "dev.tsv", "rte")
     raw = (glue_dir / "RTE" / "dev.tsv").read_text().splitlines()[1].split("\t")
     assert rte["label"][0] == {"entailment": 0, "not_entailment": 1}[raw[3]]
     assert rte["sentence1"][0] == raw[1]
-    mrpc = rg.read_glue_tsv(glue_dir / "MRPC" / "dev.tsv", "mrpc")
+    mrpc = glue_data.read_glue_tsv(glue_dir / "MRPC" / "dev.tsv", "mrpc")
     assert not mrpc["sentence1"][0].startswith("\ufeff") and len(mrpc["label"]) == 408
 
 
 def test_tiny_mnli_loads_matched_and_mismatched(tiny_glue):
     args = rg.parse_args(["--model_name_or_path", "m", "--task_name", "mnli", "--glue_dir", str(tiny_glue)])
-    raw = rg.load_glue(args)
+    raw = glue_data.load_glue(args)
     assert set(raw) == {"train", "validation_matched", "validation_mismatched"}
     assert raw["train"].features["label"].names == ["entailment", "neutral", "contradiction"]
     assert raw["train"]["label"][:3] == [0, 1, 2] and raw["train"].column_names[:2] == ["premise", "hypothesis"]
@@ -232,7 +234,7 @@ def test_full_finetune_adamw_outputs(tiny_model, tiny_glue, tmp_path):
     cfg = json.loads((out / "run_config.json").read_text())
     assert cfg["seed"] == 3 and cfg["versions"]["torch"] == torch.__version__ and cfg["args"]["task_name"] == "rte"
     hidden = {p.name for p in out.iterdir() if p.name.startswith(".")}
-    assert hidden == {rg.LOCK_FILE, rg.MANIFEST}  # no temp files left behind
+    assert hidden == {manifest.LOCK_FILE, manifest.MANIFEST}  # no temp files left behind
 
 
 def test_custom_schedule_stsb_regression(tiny_model, tiny_glue, tmp_path):
@@ -338,7 +340,7 @@ def test_bad_inputs_exit_2_with_one_line(tiny_model, tiny_glue, tmp_path, capsys
     _bad(capsys, 2, **m, glue=tiny_glue, use_custom_lr_schedule=True, lr_schedule_const_epochs=2,
          num_train_epochs=2, expect="constant phase ends at step 12")
     _bad(capsys, 2, **m, glue=tiny_glue, with_tracking=True, report_to="tensorboard",
-         expect="needs the 'tensorboard' package") if not rg._importable("tensorboard") else None
+         expect="needs the 'tensorboard' package") if not settings.importable("tensorboard") else None
     _bad(capsys, 2, **m, glue=None, expect="pass --glue_dir")  # conftest makes the Hub offline
     _bad(capsys, 2, **m, glue=tiny_glue, lr_scheduler_type="bogus", expect="invalid choice")
     _bad(capsys, 2, **m, glue=tiny_glue, use_ivon=True, fp16=True, expect="--fp16 cannot be used with IVON")

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from _run_glue_utils import load_script, make_tiny_model, read_results, write_tiny_glue
+from _run_glue_utils import make_tiny_model, read_results, write_tiny_glue
 
-rg = load_script()
+import run_glue_no_trainer as rg
+from glue_run import errors
+from glue_run import data as glue_data
 PREFIX = "run_glue_no_trainer.py: error: "
 
 
@@ -53,27 +55,27 @@ def test_glue_tsv_not_utf8_names_file_and_line(tiny_model, tmp_path, capsys):
 def test_glue_tsv_oversized_line_names_file_and_line(tiny_model, tmp_path, capsys):
     glue, path, lines = _rte(tmp_path)
     # One field just over csv's own field limit (128 KiB) and one over the 1 MiB line limit: both are refused.
-    for size in (200_000, rg.MAX_TSV_LINE_BYTES + 1):
+    for size in (200_000, glue_data.MAX_TSV_LINE_BYTES + 1):
         big = lines[:2] + [b"7\t" + b"a" * size + b"\tthe cat .\tentailment\n"] + lines[2:]
         path.write_bytes(b"".join(big))
-        if size > rg.MAX_TSV_LINE_BYTES:
+        if size > glue_data.MAX_TSV_LINE_BYTES:
             line = refused(capsys, tiny_model, tmp_path / "o", "--task_name", "rte", "--glue_dir", str(glue))
             assert line.startswith(f"{path}:3: ") and "1 MiB" in line
         else:  # under the line limit the row is read whole, as GLUE would be
-            assert len(rg.read_glue_tsv(path, "rte")["sentence1"][1]) == size
+            assert len(glue_data.read_glue_tsv(path, "rte")["sentence1"][1]) == size
 
 
 def test_glue_tsv_without_line_breaks_is_not_read_whole(tmp_path):
     path = tmp_path / "train.tsv"
-    path.write_bytes(b"index\tsentence1\tsentence2\tlabel\n" + b"x" * (8 * rg.MAX_TSV_LINE_BYTES))
-    with pytest.raises(rg.UsageError, match=r"train\.tsv:2: line longer than"):
-        rg.read_glue_tsv(path, "rte")
+    path.write_bytes(b"index\tsentence1\tsentence2\tlabel\n" + b"x" * (8 * glue_data.MAX_TSV_LINE_BYTES))
+    with pytest.raises(errors.UsageError, match=r"train\.tsv:2: line longer than"):
+        glue_data.read_glue_tsv(path, "rte")
 
 
 def test_glue_tsv_reading_is_unchanged_on_crlf_and_bom(tmp_path):
     path = tmp_path / "dev.tsv"
     path.write_bytes("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\r\n1\t1\t2\t\"a b\tc d\r\n".encode())
-    assert rg.read_glue_tsv(path, "mrpc") == {"sentence1": ['"a b'], "sentence2": ["c d"], "label": [1], "idx": [0]}
+    assert glue_data.read_glue_tsv(path, "mrpc") == {"sentence1": ['"a b'], "sentence2": ["c d"], "label": [1], "idx": [0]}
 
 
 # ------------------------------------------------------------------------------------------ custom files
@@ -217,6 +219,6 @@ def test_custom_files_of_two_formats_and_an_id_column(tiny_model, tmp_path):
     dev.write_text("".join(f'{{"id": {i}, "sentence": "a {"good" if i % 2 else "bad"} dog", "label": {i % 2}}}\n'
                            for i in range(8)))
     args = rg.parse_args(["--model_name_or_path", "m", *custom(train, dev)])
-    assert rg.text_columns(args, rg.load_glue(args)) == ("sentence", None)
+    assert glue_data.text_columns(args, glue_data.load_glue(args)) == ("sentence", None)
     assert run(tiny_model, tmp_path / "o", *custom(train, dev)) == 0
     assert "eval_accuracy" in read_results(tmp_path / "o")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from _run_glue_utils import load_script, make_tiny_model, read_results, write_tiny_glue
+from _run_glue_utils import make_tiny_model, read_results, write_tiny_glue
 
-rg = load_script()
+import run_glue_no_trainer as rg
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,11 @@ import json
 import pytest
 import torch
 
-from _run_glue_utils import have_adapters, load_script, make_tiny_model, read_log, read_results, write_tiny_glue
+from _run_glue_utils import have_adapters, make_tiny_model, read_log, read_results, write_tiny_glue
+import run_glue_no_trainer as rg
+from glue_run import ivon_stats
 
 pytestmark = pytest.mark.skipif(not have_adapters(), reason="peft/ivon packages not available yet")
-rg = load_script()
 N_MODULES = 13  # tiny DeBERTa-v2 default targets: q/k/v/attention-output/intermediate/output per layer + pooler
 ADALORA = ["--adalora_init_r", "3", "--adalora_target_r", "2", "--adalora_tinit", "2", "--adalora_tfinal", "3",
            "--adalora_delta_t", "1", "--lora_alpha", "16"]
@@ -233,10 +234,10 @@ def test_posterior_stats_against_hand_values():
     params = [p for p in model.parameters() if p.requires_grad]
     opt = ivon.IVON(params, lr=0.1, ess=400.0, hess_init=0.25, weight_decay=1e-8, clip_radius=1e-3)
     run = types.SimpleNamespace(ivon=opt, peft_model=model, start_means=None)
-    run.start_means = rg.trainable_flat(run)
+    run.start_means = ivon_stats.trainable_flat(run)
     adapter = [p for n, p in model.named_parameters() if p.requires_grad and ".lora_" in n]
     n_adapter = sum(p.numel() for p in adapter)
-    stats = rg.posterior_stats(run)
+    stats = ivon_stats.posterior_stats(run)
     assert stats["post_sigma_median"] == pytest.approx(1 / math.sqrt(400 * (0.25 + 1e-8)), rel=1e-6)
     assert stats["mean_shift_rms"] == 0 and stats["clip_fraction"] == 0  # no step yet: zero momentum
     expected = torch.cat([p.detach().abs().reshape(-1) for p in adapter]).median().item()
@@ -245,6 +246,6 @@ def test_posterior_stats_against_hand_values():
         adapter[0].add_(0.5)                           # move one tensor's means by 0.5
         opt.param_state(adapter[1])["momentum"].fill_(1.0)  # a step far beyond the clip radius
         opt.current_step = 1
-    stats = rg.posterior_stats(run)
+    stats = ivon_stats.posterior_stats(run)
     assert stats["mean_shift_rms"] == pytest.approx(math.sqrt(0.25 * adapter[0].numel() / n_adapter), rel=1e-5)
     assert stats["clip_fraction"] == pytest.approx(adapter[1].numel() / n_adapter)

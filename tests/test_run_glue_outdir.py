@@ -25,10 +25,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from _run_glue_utils import (REPO, SCRIPT, have_adapters, load_script, make_tiny_model, read_log, read_results,
+from _run_glue_utils import (REPO, SCRIPT, have_adapters, make_tiny_model, read_log, read_results,
                              write_tiny_glue)
 
-rg = load_script()
+import run_glue_no_trainer as rg
+from glue_run import checkpoints
+from glue_run.manifest import LOCK_FILE, MANIFEST
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,7 @@ def error_line(capsys) -> str:
 
 
 def manifest(out: Path) -> list[str]:
-    return json.loads((out / rg.MANIFEST).read_text())["written"]
+    return json.loads((out / MANIFEST).read_text())["written"]
 
 
 def assert_manifest_covers(out: Path, others: set[str] = frozenset()) -> None:
@@ -68,7 +70,7 @@ def assert_manifest_covers(out: Path, others: set[str] = frozenset()) -> None:
     assert all((out / e).exists() for e in whole), whole
     for path in out.rglob("*"):
         rel = path.relative_to(out).as_posix()
-        if path.is_file() and rel not in {rg.LOCK_FILE, rg.MANIFEST} | set(others):
+        if path.is_file() and rel not in {LOCK_FILE, MANIFEST} | set(others):
             assert any(rel == e or rel.startswith(e + "/") for e in whole), rel
 
 
@@ -195,8 +197,8 @@ def test_a_crafted_manifest_deletes_nothing_outside_the_folder(tiny, tmp_path):
     victim.write_text("someone else's")
     out = tmp_path / "out"
     out.mkdir()
-    (out / rg.MANIFEST).write_text(json.dumps({"written": ["../victim.txt", str(victim), "a/../../victim.txt",
-                                                           rg.LOCK_FILE, "..", "/"]}))
+    (out / MANIFEST).write_text(json.dumps({"written": ["../victim.txt", str(victim), "a/../../victim.txt",
+                                                           LOCK_FILE, "..", "/"]}))
     assert run_main(tiny, out, "--overwrite_output_dir") == 0
     assert victim.read_text() == "someone else's" and (out / "all_results.json").is_file()
 
@@ -206,7 +208,7 @@ def test_a_planted_lock_symlink_is_not_followed(tiny, tmp_path, capsys):
     victim.write_text("someone else's")
     out = tmp_path / "out"
     out.mkdir()
-    (out / rg.LOCK_FILE).symlink_to(victim)
+    (out / LOCK_FILE).symlink_to(victim)
     assert run_main(tiny, out) == 2
     assert f"cannot write the outputs in {out}" in error_line(capsys)
     assert victim.read_text() == "someone else's"
@@ -251,14 +253,14 @@ def test_a_full_disk_is_one_line(tiny, tmp_path, where):
         assert "model.pt" in last and not list((out / "checkpoints").iterdir())  # no step_1, no temp folder
     else:
         assert "model.safetensors" not in {p.name for p in out.iterdir()}
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.name not in (rg.LOCK_FILE, rg.MANIFEST)]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.name not in (LOCK_FILE, MANIFEST)]
 
 
 # ------------------------------------------------------------------------------------------ one run per folder
 def test_a_held_lock_exits_75_and_writes_nothing(tiny, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
-    with open(out / rg.LOCK_FILE, "w") as held:
+    with open(out / LOCK_FILE, "w") as held:
         held.write("pid 4242 on elsewhere\n")
         held.flush()
         fcntl.flock(held, fcntl.LOCK_EX)
@@ -268,9 +270,9 @@ def test_a_held_lock_exits_75_and_writes_nothing(tiny, tmp_path, capsys):
         assert f"{out} is in use by another run (pid 4242 on elsewhere)" in line
         assert snapshot(out) == before
     # The holder is gone; its file, naming it, stays and does not block.
-    assert (out / rg.LOCK_FILE).read_text() == "pid 4242 on elsewhere\n"
+    assert (out / LOCK_FILE).read_text() == "pid 4242 on elsewhere\n"
     assert run_main(tiny, out) == 0
-    assert (out / rg.LOCK_FILE).read_text() == f"pid {os.getpid()} on {socket.gethostname()}\n"
+    assert (out / LOCK_FILE).read_text() == f"pid {os.getpid()} on {socket.gethostname()}\n"
 
 
 def _cmd(tiny, out: Path, *extra) -> list[str]:
@@ -313,7 +315,7 @@ def test_a_killed_run_leaves_no_lock(tiny, tmp_path):
     _wait_for(proc, lambda: (out / "checkpoints" / "step_6").is_dir(), "checkpoint")
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    assert (out / rg.LOCK_FILE).read_text().startswith(f"pid {proc.pid} on ")  # a stale file, no live lock
+    assert (out / LOCK_FILE).read_text().startswith(f"pid {proc.pid} on ")  # a stale file, no live lock
     res = subprocess.run(_cmd(tiny, out, "--resume_from_checkpoint", "latest"), capture_output=True, text=True,
                          timeout=240, cwd=REPO, env=_env())
     assert res.returncode == 0, res.stderr[-2000:]
@@ -333,7 +335,7 @@ def test_two_processes_stop_together_on_a_busy_folder(tiny, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     port = str(_free_port())
-    with open(out / rg.LOCK_FILE, "w") as held:
+    with open(out / LOCK_FILE, "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         procs = [subprocess.Popen(_cmd(tiny, out), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   text=True, env=_env(WORLD_SIZE="2", RANK=str(r), LOCAL_RANK=str(r),
@@ -343,7 +345,7 @@ def test_two_processes_stop_together_on_a_busy_folder(tiny, tmp_path):
     assert [p.returncode for p in procs] == [75, 75], errs
     assert errs[0].strip().splitlines() == [f"run_glue_no_trainer.py: error: {out} is in use by another run; wait "
                                             "for it to end or choose another --output_dir"] and not errs[1].strip()
-    assert sorted(p.name for p in out.iterdir()) == [rg.LOCK_FILE]
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]
 
 
 @pytest.mark.skipif(not (Path(sys.executable).parent / "accelerate").exists(), reason="no accelerate CLI")
@@ -358,9 +360,9 @@ def test_two_process_checkpoints_are_complete(tiny, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     for step in (2, 4):
         ckpt = out / "checkpoints" / f"step_{step}"
-        marker = json.loads((ckpt / rg.CHECKPOINT_MARKER).read_text())["files"]
+        marker = json.loads((ckpt / checkpoints.CHECKPOINT_MARKER).read_text())["files"]
         assert {"rng.pt", "rng_rank1.pt", "model.pt", "state.json"} <= set(marker)
-        assert rg._checkpoint_problem(ckpt) is None
+        assert checkpoints.checkpoint_problem(ckpt) is None
     assert_manifest_covers(out)
 
 
@@ -380,8 +382,8 @@ def _truncate(path: Path) -> None:
 
 DAMAGE = {  # what a kill, a full disk or a crash could leave of a checkpoint folder
     "empty folder": lambda d: (shutil.rmtree(d), d.mkdir()),
-    "no marker": lambda d: (d / rg.CHECKPOINT_MARKER).unlink(),
-    "unreadable marker": lambda d: (d / rg.CHECKPOINT_MARKER).write_text('{"files": '),
+    "no marker": lambda d: (d / checkpoints.CHECKPOINT_MARKER).unlink(),
+    "unreadable marker": lambda d: (d / checkpoints.CHECKPOINT_MARKER).write_text('{"files": '),
     "no state.json": lambda d: (d / "state.json").unlink(),
     "truncated state.json": lambda d: _truncate(d / "state.json"),
     "state.json not JSON": lambda d: (d / "state.json").write_bytes(b"{" * (d / "state.json").stat().st_size),
@@ -411,7 +413,7 @@ def test_latest_skips_damaged_checkpoints_and_resumes_exactly(tiny, reference, t
     without_runtime = lambda r: {k: v for k, v in r.items() if k != "train_runtime_s"}  # noqa: E731
     assert without_runtime(read_results(out)) == without_runtime(read_results(reference))
     assert read_log(out) == read_log(reference)
-    assert rg._checkpoint_problem(out / "checkpoints" / "step_4") is None  # rewritten whole
+    assert checkpoints.checkpoint_problem(out / "checkpoints" / "step_4") is None  # rewritten whole
 
 
 def test_checkpoint_files_reach_the_disk_before_the_marker_and_the_rename(tiny, tmp_path, monkeypatch):

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from _run_glue_utils import have_adapters, load_script, make_tiny_model, write_tiny_glue
+from _run_glue_utils import have_adapters, make_tiny_model, write_tiny_glue
+import run_glue_no_trainer as rg
 
 pytestmark = pytest.mark.skipif(not have_adapters(), reason="peft/ivon packages not available yet")
-rg = load_script()
 ADALORA = ["--apply_lora", "--lora_type", "adalora", "--adalora_init_r", "3", "--adalora_target_r", "2",
            "--adalora_tinit", "1", "--adalora_tfinal", "1", "--adalora_delta_t", "1"]
 VILORA = ["--apply_lora", "--lora_type", "vilora", *ADALORA[3:]]

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .config import AdaLoraConfig
 from .lora import AdapterLayer, transpose_if
+from .rank_pattern import keep_triplets, pattern_module_path
 from .tuner import LoraModel
 
 
@@ -103,10 +104,9 @@ class SVDLinear(AdapterLayer):
             if current == k:
                 return
             raise ValueError(f"rank pattern of length {mask_t.numel()} (keeping {k}) does not fit a layer of rank {current}")
-        device = self.lora_A[name].device
-        keep = mask_t.to(device)
-        kept_A, kept_E = self.lora_A[name].data[keep], self.lora_E[name].data[keep]
-        kept_B, old_ranknum = self.lora_B[name].data[:, keep], self.ranknum[name].data.clone()
+        kept_A, kept_E, kept_B = (keep_triplets(kind, getattr(self, kind)[name].data, mask)
+                                  for kind in ("lora_A", "lora_E", "lora_B"))
+        old_ranknum = self.ranknum[name].data.clone()
         self.update_layer(name, k, self.lora_alpha[name], self._dropout_p, self._init_mode)
         if k > 0:
             self.lora_A[name].data.copy_(kept_A)
@@ -223,7 +223,7 @@ class AdaLoraModel(LoraModel):
         adapter_name = adapter_name or self.active_adapter
         trainable = not self.peft_config[self.active_adapter].inference_mode
         for key, mask in rank_pattern.items():
-            path = module_path_of_pattern_key(key, adapter_name)
+            path = pattern_module_path(key, adapter_name)
             try:
                 layer = self.model.get_submodule(path)
             except AttributeError:
@@ -241,11 +241,3 @@ class VILoraModel(AdaLoraModel):
     Construction, forward and files are AdaLoRA's; the allocator reads ``config.criterion`` and needs
     ``set_optimizer(ivon_optimizer)`` before its first score update.
     """
-
-
-def module_path_of_pattern_key(key: str, adapter_name: str) -> str:
-    """``"<path>.lora_E.<adapter>"`` or ``"<path>.lora_E"`` -> ``"<path>"``."""
-    for suffix in (f".lora_E.{adapter_name}", ".lora_E"):
-        if key.endswith(suffix):
-            return key[: -len(suffix)]
-    raise ValueError(f"rank_pattern key {key!r} does not end in '.lora_E' or '.lora_E.{adapter_name}'")

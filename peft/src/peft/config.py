@@ -15,6 +15,8 @@ import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Union
 
+from .rank_pattern import strip_adapter_name
+
 CONFIG_NAME = "adapter_config.json"
 
 
@@ -144,6 +146,17 @@ class PeftConfig:
         """True for AdaLoRA and VILoRA (SVD-form adapters with a rank allocator)."""
         return False
 
+    @property
+    def method(self) -> str:
+        """The adapter method in lower case: ``"lora"``, ``"adalora"`` or ``"vilora"``."""
+        return PeftType(getattr(self.peft_type, "value", self.peft_type)).value.lower()
+
+    @property
+    def importance_criterion(self) -> Optional[str]:
+        """The score that ranks triplets: ``"sensitivity"`` (AdaLoRA), a posterior criterion of
+        ``peft.importance`` (VILoRA), or None for adapters without rank allocation (LoRA)."""
+        return None
+
 
 @dataclass
 class LoraConfig(PeftConfig):
@@ -257,6 +270,11 @@ class AdaLoraConfig(LoraConfig):
         """AdaLoRA-family configs are adaptive."""
         return True
 
+    @property
+    def importance_criterion(self) -> Optional[str]:
+        """AdaLoRA ranks triplets by ``"sensitivity"``; VILoRA by its posterior ``criterion``."""
+        return getattr(self, "criterion", None) or "sensitivity"
+
     def validate(self) -> None:
         """Checks that need no schedule length: ranks, orthogonal weight, EMA betas, init mode."""
         self._validate_common()
@@ -330,12 +348,6 @@ class VILoraConfig(AdaLoraConfig):
 
 
 _CONFIG_CLASSES: dict[str, type] = {"LORA": LoraConfig, "ADALORA": AdaLoraConfig, "VILORA": VILoraConfig}
-
-
-def strip_adapter_name(key: str, adapter_name: str) -> str:
-    """``"x.lora_E.default"`` -> ``"x.lora_E"``; other keys are returned unchanged."""
-    suffix = "." + adapter_name
-    return key[: -len(suffix)] if key.endswith(suffix) else key
 
 
 def _as_list(mask: Any) -> list:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .importance import ELEMENTWISE_SCORES, POSTERIOR_SCORES, SENSITIVITY, SensitivityScore, get_criterion
+from .rank_pattern import strip_adapter_name
 
 __all__ = ["RankAllocator", "budget_at_step", "mask_using_rank_pattern", "validate_schedule"]
 
@@ -86,10 +87,6 @@ def validate_schedule(config: Any, init_bgt: int | None = None, target_bgt: int 
     _check_schedule(init_bgt, target_bgt, config.tinit, config.tfinal, config.total_step, config.deltaT)
 
 
-def _strip_adapter(key: str, adapter_name: str) -> str:
-    return key.removesuffix("." + adapter_name)
-
-
 @torch.no_grad()
 def mask_using_rank_pattern(model: nn.Module, rank_pattern: Mapping[str, Any], adapter_name: str) -> None:
     """Zero ``lora_E`` entries that ``rank_pattern`` marks as pruned, in place.
@@ -99,13 +96,13 @@ def mask_using_rank_pattern(model: nn.Module, rank_pattern: Mapping[str, Any], a
     """
     if not rank_pattern:
         raise ValueError("rank_pattern is empty or None: there is no mask to apply")
-    pattern = {_strip_adapter(k, adapter_name): v for k, v in rank_pattern.items()}
+    pattern = {strip_adapter_name(k, adapter_name): v for k, v in rank_pattern.items()}
     suffix = ".lora_E." + adapter_name
     found = 0
     for name, param in model.named_parameters():
         if not name.endswith(suffix):
             continue
-        key = _strip_adapter(name, adapter_name)
+        key = strip_adapter_name(name, adapter_name)
         if key not in pattern:
             raise ValueError(f"rank_pattern has no entry for {key!r} (keys look like {next(iter(rank_pattern))!r})")
         keep = torch.as_tensor(pattern[key], dtype=torch.bool, device=param.device).reshape(-1)
@@ -347,12 +344,12 @@ class RankAllocator:
     # ------------------------------------------------------------------------------------------- reporting
     def kept_ranks(self, model: nn.Module) -> dict[str, int]:
         """``{module path: number of kept triplets}`` according to ``config.rank_pattern`` (init_r before any mask)."""
-        pattern = {_strip_adapter(k, self.adapter_name): v for k, v in (self.config.rank_pattern or {}).items()}
+        pattern = {strip_adapter_name(k, self.adapter_name): v for k, v in (self.config.rank_pattern or {}).items()}
         suffix = ".lora_E." + self.adapter_name
         kept = {}
         for name, param in model.named_parameters():
             if name.endswith(suffix):
-                key = _strip_adapter(name, self.adapter_name)
+                key = strip_adapter_name(name, self.adapter_name)
                 kept[name[: -len(suffix)]] = int(sum(map(bool, pattern[key]))) if key in pattern else param.shape[0]
         return kept
 

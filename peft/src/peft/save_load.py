@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Optional
 import torch
 from torch import Tensor
 
-from .config import AdaLoraConfig, strip_adapter_name
-from .adalora import module_path_of_pattern_key
+from .config import AdaLoraConfig
+from .rank_pattern import adapter_tensor_module, keep_triplets, masks_by_module
 
 if TYPE_CHECKING:
     from .peft_model import PeftModel
@@ -30,18 +30,6 @@ WEIGHTS_NAME = "adapter_model.bin"
 SAFETENSORS_WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 _LORA_KEY = re.compile(r"^(?P<head>.*\.lora_[A-Za-z]+)(?P<tail>(\..*)?)$")
-
-
-def _resize_tensor(key: str, tensor: Tensor, mask: list[bool]) -> Tensor:
-    """Slice a stored A/E (rows) or B (columns) to the kept triplets; tensors already at size k pass through."""
-    dim = 1 if ".lora_B" in key else 0
-    k = sum(bool(m) for m in mask)
-    if tensor.shape[dim] == len(mask):
-        keep = torch.as_tensor([bool(m) for m in mask], dtype=torch.bool, device=tensor.device)
-        return tensor[keep] if dim == 0 else tensor[:, keep]
-    if tensor.shape[dim] == k:
-        return tensor
-    raise ValueError(f"{key}: size {tensor.shape[dim]} fits neither init_r={len(mask)} nor the kept rank {k}")
 
 
 def get_peft_model_state_dict(model: "PeftModel", adapter_name: Optional[str] = None) -> dict[str, Tensor]:
@@ -55,15 +43,11 @@ def get_peft_model_state_dict(model: "PeftModel", adapter_name: Optional[str] = 
     full = model.state_dict()
     out = {k: v for k, v in full.items() if "lora_" in k and adapter_name in k}
     if isinstance(config, AdaLoraConfig) and config.rank_pattern:
-        masks = {
-            module_path_of_pattern_key(strip_adapter_name(key, adapter_name), adapter_name): mask
-            for key, mask in config.rank_pattern.items()
-        }
+        masks = masks_by_module(config.rank_pattern, adapter_name)
         for key in list(out):
-            match = re.match(rf"^{re.escape(PREFIX)}(.*)\.lora_[ABE]\.{re.escape(adapter_name)}$", key)
-            if match and match.group(1) in masks:
-                mask = masks[match.group(1)]
-                out[key] = _resize_tensor(key, out[key], mask.tolist() if hasattr(mask, "tolist") else list(mask))
+            path = adapter_tensor_module(key, adapter_name) if key.startswith(PREFIX) else None
+            if path in masks:
+                out[key] = keep_triplets(key, out[key], masks[path])
     marker = f".modules_to_save.{adapter_name}."
     for key, value in full.items():
         if marker in key:
