@@ -709,7 +709,7 @@ def run_eval(run: Run, state: TrainState, log: JsonlLog, epoch: float) -> dict[s
     if run.args.with_tracking:
         run.accelerator.log(results, step=state.completed_steps)
     if run.args.lr_scheduler_type in METRIC_SCHEDULERS and not run.args.use_custom_lr_schedule and run.scheduler:
-        run.scheduler.step(-results[primary])  # these schedulers minimise; higher metrics are better
+        run.scheduler.step(results[primary])  # mode "max": every primary metric is better higher
     return results
 
 

@@ -20,6 +20,29 @@ from .errors import UsageError
 METRIC_SCHEDULERS = ("reduce_lr_on_plateau", "greedy")  # stepped with the dev metric after each evaluation
 
 
+def metric_scheduler_kwargs(args: argparse.Namespace) -> dict:
+    """--lr_scheduler_kwargs for a scheduler stepped with the dev metric: mode "max", since every GLUE primary
+    metric is better higher (in "min" mode with the negated metric, a relative threshold counts a tie as an
+    improvement, so a flat accuracy never cut the lr)."""
+    kwargs = dict(args.lr_scheduler_kwargs or {})
+    if kwargs.setdefault("mode", "max") != "max":
+        raise UsageError(f"--lr_scheduler_kwargs mode {kwargs['mode']!r}: {args.lr_scheduler_type} is stepped with "
+                         "the dev metric, which is better higher; leave mode out (it is \"max\")")
+    return kwargs
+
+
+def upgrade_metric_scheduler_state(state: dict) -> dict:
+    """A metric scheduler's state saved before mode "max" (mode "min", stepped with the negated metric): the
+    same state in mode "max", so that a resumed run goes on where it stopped."""
+    if state.get("mode") != "min":
+        return state
+    state = dict(state, mode="max")
+    for key in ("best", "mode_worse"):  # GreedyLR keeps no mode_worse
+        if state.get(key) is not None:
+            state[key] = -state[key]
+    return state
+
+
 def custom_lr_lambda(step: int, *, warmup_steps: int, const_end: float, total_steps: int,
                      first_lr: float, second_lr: float, end_lr: float) -> float:
     """The `_clr` schedule of the paper's fork; with the base lr forced to 1.0 it is the absolute lr.
@@ -100,9 +123,10 @@ def build_scheduler(args, optimizer, plan: StepPlan):
                                 second_lr=args.lr_schedule_second_lr, end_lr=args.lr_schedule_end_lr)
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lam)
     try:
+        kwargs = metric_scheduler_kwargs(args) if args.lr_scheduler_type in METRIC_SCHEDULERS \
+            else args.lr_scheduler_kwargs
         return get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.num_warmup_steps,
-                             num_training_steps=plan.max_train_steps,
-                             scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+                             num_training_steps=plan.max_train_steps, scheduler_specific_kwargs=kwargs)
     except (ValueError, TypeError) as e:
         raise UsageError(f"--lr_scheduler_type {args.lr_scheduler_type}: {e} (give its arguments as "
                          "--lr_scheduler_kwargs '{\"name\": value}')") from None

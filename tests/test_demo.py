@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from _run_glue_utils import REPO, SPECIAL, WORDS, have_adapters, load_script, read_results, write_tiny_glue
+from _run_glue_utils import REPO, SPECIAL, WORDS, have_adapters, read_results, write_tiny_glue
 
 pytestmark = pytest.mark.skipif(not have_adapters(), reason="peft/ivon packages not available yet")
 
@@ -41,7 +41,9 @@ def _tiny_bert(path: Path) -> Path:
 
 
 def test_demo_command_has_the_runs_inputs_and_valid_flags(tmp_path):
-    demo, rg = _load_demo(), load_script()
+    import run_glue_no_trainer as rg
+
+    demo = _load_demo()
     cmd = demo.demo_command(tmp_path / "m", "rte", "/data/glue", tmp_path / "out")
     assert cmd[:2] == [sys.executable, str(REPO / "run_glue_no_trainer.py")]
     args = rg.parse_args(cmd[2:])  # every flag of the recipe exists (argparse would exit 2 otherwise)

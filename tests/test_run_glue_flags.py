@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _run_glue_utils import have_adapters, load_script, make_tiny_model, read_log, read_results, write_tiny_glue
+from _run_glue_utils import have_adapters, make_tiny_model, read_log, read_results, write_tiny_glue
 
 pytestmark = pytest.mark.skipif(not have_adapters(), reason="peft/ivon packages not available yet")
-rg = load_script()
+import run_glue_no_trainer as rg  # noqa: E402
 LAYERS = (0, 1)
 ADALORA = ["--adalora_init_r", "3", "--adalora_target_r", "2", "--adalora_tinit", "2", "--adalora_tfinal", "3",
            "--adalora_delta_t", "1"]
@@ -181,9 +181,34 @@ def test_reduce_lr_on_plateau_cuts_the_lr_when_accuracy_falls_not_when_it_rises(
     assert read_results(tmp_path / "out")["best_eval_accuracy"] == 0.8
 
 
-@pytest.mark.xfail(strict=True, reason="run_glue steps ReduceLROnPlateau (mode 'min') with -metric: the relative "
-                   "threshold then counts a tie as an improvement, so an accuracy that stays flat never cuts the "
-                   "lr; mode='max' with the metric itself would")
 def test_reduce_lr_on_plateau_cuts_the_lr_when_accuracy_stays_flat(tiny, tmp_path, monkeypatch):
     lrs = _plateau_lrs(tiny, tmp_path / "out", monkeypatch, [0.5, 0.6, 0.6, 0.6])
     assert lrs == pytest.approx([0.01, 0.01, 0.01, 0.005])
+
+
+def test_a_metric_scheduler_refuses_mode_min(tiny, tmp_path, capsys):
+    """The dev metric is better higher: mode "min" would cut the lr while the metric improves."""
+    assert _run(tiny, tmp_path / "out", "--lr_scheduler_type", "reduce_lr_on_plateau", "--lr_scheduler_kwargs",
+                '{"mode": "min"}', steps=2) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mode 'min'" in err[0] and '"max"' in err[0]
+
+
+def test_a_plateau_state_saved_in_mode_min_resumes_as_the_same_state_in_mode_max():
+    """Checkpoints written before mode "max" hold the negated metric: after the upgrade the scheduler makes the
+    decisions it would have made."""
+    from glue_run.schedule import upgrade_metric_scheduler_state
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    old = torch.optim.lr_scheduler.ReduceLROnPlateau(torch.optim.SGD([param], lr=1.0), mode="min", patience=0,
+                                                     factor=0.5, threshold=0.0)
+    for acc in (0.5, 0.7):
+        old.step(-acc)
+    new = torch.optim.lr_scheduler.ReduceLROnPlateau(torch.optim.SGD([param], lr=1.0), mode="max", patience=0,
+                                                     factor=0.5, threshold=0.0)
+    new.load_state_dict(upgrade_metric_scheduler_state(old.state_dict()))
+    assert new.mode == "max" and new.best == 0.7
+    new.step(0.8)  # better: no cut
+    assert new.optimizer.param_groups[0]["lr"] == 1.0
+    new.step(0.6)  # worse: cut
+    assert new.optimizer.param_groups[0]["lr"] == 0.5

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _run_glue_utils import (REPO, SCRIPT, have_adapters, load_script, make_tiny_model, read_log, read_results,
+from _run_glue_utils import (REPO, SCRIPT, have_adapters, make_tiny_model, read_log, read_results,
                              write_tiny_glue)
 
 pytestmark = pytest.mark.skipif(not have_adapters(), reason="peft/ivon packages not available yet")
@@ -40,7 +40,7 @@ def _launch_two(args: list[str]) -> subprocess.CompletedProcess:
 
 
 def test_one_process_checkpoint_resumes_in_two_processes(tmp_path, capsys):
-    rg = load_script()  # the single-process runs go in-process (main(argv)); the 2-process one is launched
+    import run_glue_no_trainer as rg  # the single-process runs go in-process (main(argv)); the 2-process one is launched
     model = make_tiny_model(tmp_path / "model", dropout=0.0)
     glue = write_tiny_glue(tmp_path / "glue", "rte", n_train=48, n_dev=15)
     common = ["--model_name_or_path", str(model), "--task_name", "rte", "--glue_dir", str(glue), "--seed", "3",
