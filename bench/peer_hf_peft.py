@@ -20,16 +20,28 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
+def _rank_pattern_helper() -> None:
+    """The script reads rank patterns (the file format both packages share) with our `peft.rank_pattern`, a
+    torch-only module; the peer has none, so ours is registered under that name."""
+    import importlib.util
+
+    path = REPO / "peft" / "src" / "peft" / "rank_pattern.py"
+    spec = importlib.util.spec_from_file_location("peft.rank_pattern", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+
+
 def adapt_peer_api() -> None:
     """Give Hugging Face PEFT the few calls the script makes on our peft, with the peer's own behaviour."""
     import peft
     from peft.tuners.adalora import AdaLoraConfig, AdaLoraModel
     from peft.tuners.lora import LoraConfig
 
-    from glue_run import settings
-
     if getattr(peft, "VILoraConfig", None) is not None:
         raise SystemExit("peer_hf_peft: this environment has our peft, not Hugging Face's; use .venv-hfpeft")
+    _rank_pattern_helper()
+    from glue_run import settings
 
     def kept_ranks(self):
         cfg = self.peft_config[self.trainable_adapter_name]
