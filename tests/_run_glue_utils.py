@@ -110,6 +110,17 @@ def import_bench(name: str):
         sys.path.remove(str(REPO / "bench"))
 
 
+def import_script(name: str):
+    """Import scripts/<name>.py by its name. scripts/ stays on the path: its files import each other by bare name
+    (plot_curves imports summarize, demo imports plot_ranks, short_horizon and sweep)."""
+    import importlib
+    import sys
+
+    if str(REPO / "scripts") not in sys.path:
+        sys.path.insert(0, str(REPO / "scripts"))
+    return importlib.import_module(name)
+
+
 def have_adapters() -> bool:
     """True once the team's peft (get_peft_model, VILoraConfig) and ivon (IVON) packages are importable."""
     try:

@@ -5,7 +5,6 @@ Only the structure is pinned (what is printed, that the recipe's flags are valid
 """
 from __future__ import annotations
 
-import importlib.util
 import re
 import sys
 import types
@@ -13,16 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from _run_glue_utils import REPO, SPECIAL, WORDS, have_adapters, read_results, write_tiny_glue
+from _run_glue_utils import REPO, SPECIAL, WORDS, have_adapters, import_script, read_results, write_tiny_glue
 
 pytestmark = pytest.mark.skipif(not have_adapters(), reason="peft/ivon packages not available yet")
 
 
 def _load_demo():
-    spec = importlib.util.spec_from_file_location("demo_under_test", REPO / "scripts" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_script("demo")
 
 
 def _tiny_bert(path: Path) -> Path:

@@ -9,7 +9,6 @@ failure handling and the summary. summarize.py is checked on synthetic result fo
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import shlex
@@ -21,6 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from _run_glue_utils import import_script
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
@@ -44,15 +45,7 @@ SWITCHES = {"use_ivon", "use_custom_lr_schedule", "apply_lora", "gradient_checkp
 
 
 def _module(name: str):
-    spec = importlib.util.spec_from_file_location(f"scripts_{name}", SCRIPTS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    sys.path.insert(0, str(SCRIPTS))  # plot_curves imports summarize
-    try:
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(SCRIPTS))
-    return mod
+    return import_script(name)
 
 
 def read_table(path: Path) -> list[dict[str, str]]:
