@@ -72,7 +72,7 @@ from glue_run.ivon_stats import posterior_stats, trainable_flat
 from glue_run.outdir import OutputLock, claim_output_dir, prepare_output_dir
 from glue_run.outputs import JsonlLog, debug_dump, hub_repository, push_outputs, save_outputs
 from glue_run.rng import restore_rng, seed_process
-from glue_run.schedule import METRIC_SCHEDULERS, StepPlan, build_scheduler, check_budget_schedule, plan_steps
+from glue_run.schedule import StepPlan, build_scheduler, check_budget_schedule, plan_steps, steps_with_metric
 
 METRIC_DIR = Path(__file__).resolve().parent / "metrics" / "glue"
 
@@ -546,7 +546,7 @@ def optimizer_update(run: Run, state: TrainState) -> float:
     """One update in the paper's order: step, scheduler, rank allocation (sees the grads), zero_grad."""
     lr = run.optimizer.param_groups[0]["lr"]
     run.optimizer.step()
-    if run.args.lr_scheduler_type not in METRIC_SCHEDULERS or run.args.use_custom_lr_schedule:
+    if not steps_with_metric(run.args):
         if not getattr(run.optimizer, "step_was_skipped", False):  # fp16: an overflow skips the step
             run.scheduler.step()
     if run.adaptive:
@@ -708,7 +708,7 @@ def run_eval(run: Run, state: TrainState, log: JsonlLog, epoch: float) -> dict[s
     run.accelerator.print(f"step {state.completed_steps}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
     if run.args.with_tracking:
         run.accelerator.log(results, step=state.completed_steps)
-    if run.args.lr_scheduler_type in METRIC_SCHEDULERS and not run.args.use_custom_lr_schedule and run.scheduler:
+    if steps_with_metric(run.args) and run.scheduler:
         run.scheduler.step(results[primary])  # mode "max": every primary metric is better higher
     return results
 

@@ -17,7 +17,7 @@ from .errors import UsageError, agree, output_error
 from .files import fsync_dir, load_torch_file, save_file
 from .manifest import made_dirs, record
 from .rng import read_rng, rng_file, rng_states
-from .schedule import METRIC_SCHEDULERS, upgrade_metric_scheduler_state
+from .schedule import steps_with_metric, upgrade_metric_scheduler_state
 
 
 @dataclasses.dataclass
@@ -210,7 +210,7 @@ def load_checkpoint(run, path: Path) -> TrainState:
     opt_device = device if run.ivon is not None else "cpu"
     run.optimizer.load_state_dict(load_torch_file(path / "optimizer.pt", map_location=opt_device))
     scheduler_state = load_torch_file(path / "scheduler.pt")
-    if run.args.lr_scheduler_type in METRIC_SCHEDULERS and not run.args.use_custom_lr_schedule:
+    if steps_with_metric(run.args):
         scheduler_state = upgrade_metric_scheduler_state(scheduler_state)
     run.scheduler.load_state_dict(scheduler_state)
     if run.adaptive:

@@ -20,6 +20,11 @@ from .errors import UsageError
 METRIC_SCHEDULERS = ("reduce_lr_on_plateau", "greedy")  # stepped with the dev metric after each evaluation
 
 
+def steps_with_metric(args: argparse.Namespace) -> bool:
+    """True when the lr schedule is stepped with the dev metric after each evaluation, not after each update."""
+    return args.lr_scheduler_type in METRIC_SCHEDULERS and not args.use_custom_lr_schedule
+
+
 def metric_scheduler_kwargs(args: argparse.Namespace) -> dict:
     """--lr_scheduler_kwargs for a scheduler stepped with the dev metric: mode "max", since every GLUE primary
     metric is better higher (in "min" mode with the negated metric, a relative threshold counts a tie as an
@@ -123,7 +128,7 @@ def build_scheduler(args, optimizer, plan: StepPlan):
                                 second_lr=args.lr_schedule_second_lr, end_lr=args.lr_schedule_end_lr)
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lam)
     try:
-        kwargs = metric_scheduler_kwargs(args) if args.lr_scheduler_type in METRIC_SCHEDULERS \
+        kwargs = metric_scheduler_kwargs(args) if steps_with_metric(args) \
             else args.lr_scheduler_kwargs
         return get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.num_warmup_steps,
                              num_training_steps=plan.max_train_steps, scheduler_specific_kwargs=kwargs)

@@ -139,9 +139,9 @@ def check_settings(args: argparse.Namespace) -> None:
             adapter_config(args)
         except ValueError as e:
             raise UsageError(f"adapter settings: {e}") from None
-    from .schedule import METRIC_SCHEDULERS, metric_scheduler_kwargs  # schedule imports this module
+    from .schedule import metric_scheduler_kwargs, steps_with_metric  # schedule imports this module
 
-    if args.lr_scheduler_type in METRIC_SCHEDULERS and not args.use_custom_lr_schedule:
+    if steps_with_metric(args):
         metric_scheduler_kwargs(args)  # the direction the dev metric is read in
     lrs = {"lr_schedule_first_lr": args.lr_schedule_first_lr, "lr_schedule_second_lr": args.lr_schedule_second_lr,
            "lr_schedule_end_lr": args.lr_schedule_end_lr} if args.use_custom_lr_schedule else \
