@@ -54,3 +54,35 @@ def test_grid_dry_run_lists_66_runs(glue_dir):
     assert all("--model_name_or_path /some/minilm" in c for c in commands)
     steps = {"rte": 975, "mrpc": 862, "stsb": 1125, "cola": 1675}
     assert all(f"--max_train_steps {steps[c.split('--task_name ')[1].split()[0]]}" in c for c in commands)
+
+
+def test_peer_grid_runs_the_grid_commands_with_the_peer(glue_dir):
+    """bench/cpu_glue_peer.sh: the grid's LoRA and AdaLoRA MRPC commands, word for word, except for the interpreter,
+    the script (the peer's adapters in our training script) and the output root."""
+    env = {"PATH": "/usr/bin:/bin", "DRY_RUN": "1", "GLUE_DIR": str(glue_dir), "PYTHON": sys.executable,
+           "MODEL": "/some/minilm"}
+
+    def dry_run(script, **extra):
+        out = subprocess.run(["bash", str(REPO / "bench" / script)], capture_output=True, text=True,
+                             env=env | extra, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return [line.split() for line in out.stdout.splitlines() if line and not line.startswith("#")]
+
+    ours = dry_run("cpu_glue.sh", OUTPUT_ROOT="/tmp/ours", TASKS="mrpc", METHODS="lora_all,adalora",
+                   CRITERION_TASKS="mrpc")
+    ours = [c for c in ours if "--task_name" in c and c[c.index("--task_name") + 1] == "mrpc"
+            and "--vilora_criterion" not in c and "--use_ivon" not in c]
+    peer = dry_run("cpu_glue_peer.sh", OUTPUT_ROOT="/tmp/peer", HF_PEFT_PYTHON=sys.executable)
+    assert len(peer) == 2 * 3 and len(ours) == 2 * 3  # LoRA and AdaLoRA x 3 seeds
+    for p, o in zip(peer, ours):
+        assert p[1] == str(REPO / "bench" / "peer_hf_peft.py") and o[1] == str(REPO / "run_glue_no_trainer.py")
+        assert [w.replace("/tmp/peer", "/tmp/ours") for w in p[2:]] == o[2:]
+    assert {c[c.index("--lora_type") + 1] for c in peer} == {"lora", "adalora"}
+
+
+def test_peer_grid_without_the_peer_venv_says_so(glue_dir, tmp_path):
+    out = subprocess.run(["bash", str(REPO / "bench" / "cpu_glue_peer.sh")], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "GLUE_DIR": str(glue_dir), "MODEL": "/m",
+                              "HF_PEFT_PYTHON": str(tmp_path / "nope"), "OUTPUT_ROOT": str(tmp_path / "o")},
+                         timeout=60)
+    assert out.returncode == 2 and "make peer-venv" in out.stderr and not (tmp_path / "o").exists()
