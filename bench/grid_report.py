@@ -1,0 +1,134 @@
+"""The CPU grid's tables for bench/RESULTS.md, from the committed small results of its finished runs.
+
+    python bench/grid_report.py bench/results/cpu_glue_k4 [--peer bench/results/cpu_glue_k4_peer]
+                                [--glue_dir ../shared/glue]
+
+Prints markdown: (1) every method on every task, mean ± sample std over seeds with the seed count, beside the
+majority-class score (read from the dev sets when --glue_dir is given); (2) the comparisons the paper's claims
+rest on, each paired by seed (the same seed gives both runs the same data order and initialisation): VILoRA's
+SNR(|θ|) against AdaLoRA's sensitivity with the same IVON and schedule, and the magnitude score |μ| against
+the variance score 1/σ; (3) train time per run; (4) with --peer, Hugging Face PEFT's LoRA and AdaLoRA beside
+ours, seed by seed. Runs are found and read by scripts/summarize.py (the same rules and metrics: RTE and MRPC
+accuracy, STS-B Pearson, CoLA Matthews correlation). Nothing is written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO))
+from summarize import TASK_HEADERS, Run, find_runs  # noqa: E402
+
+TASKS = ["rte", "mrpc", "stsb", "cola"]
+METHODS = [("lora_all", "LoRA + AdamW"), ("adalora", "AdaLoRA + AdamW (sensitivity)"),
+           ("adalora_ivon_clr", "AdaLoRA + IVON (sensitivity)"), ("vilora_clr", "VILoRA, SNR(|θ|)"),
+           ("vilora_clr_criterion-SNR", "VILoRA, |μ|/σ"), ("vilora_clr_criterion-mean", "VILoRA, |μ|"),
+           ("vilora_clr_criterion-sigma", "VILoRA, 1/σ")]
+# (first, second, what a positive difference means)
+PAIRS = [("vilora_clr", "adalora_ivon_clr", "posterior SNR(|θ|) − sensitivity, both IVON"),
+         ("vilora_clr_criterion-mean", "vilora_clr_criterion-sigma", "magnitude |μ| − variance 1/σ"),
+         ("vilora_clr", "vilora_clr_criterion-SNR", "SNR(|θ|) − |μ|/σ"),
+         ("vilora_clr", "adalora", "VILoRA − AdaLoRA + AdamW (schedules differ, see text)")]
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return ""
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.2f} (1)"
+    return f"{mean:.2f} ± {statistics.stdev(values):.2f} ({len(values)})"
+
+
+def _cell(text: str) -> str:
+    """Text for a markdown table cell: a bare | (as in |μ|) would end the cell."""
+    return text.replace("|", "\\|")
+
+
+def by_cell(runs: list[Run]) -> dict[tuple[str, str], dict[str, Run]]:
+    """(method, task) -> seed -> run, rank 2 (the grid's only rank)."""
+    cells: dict[tuple[str, str], dict[str, Run]] = {}
+    for r in runs:
+        if r.rank == "2":
+            cells.setdefault((r.method, r.task), {})[r.seed] = r
+    return cells
+
+
+def majority(task: str, glue_dir: Path) -> str:
+    """The dev metric of always predicting the most common label (STS-B: a constant has no correlation)."""
+    from glue_run.data import GLUE_FOLDER, read_glue_tsv
+
+    if task in ("stsb", "cola"):
+        return "0 (constant)"
+    labels = read_glue_tsv(glue_dir / GLUE_FOLDER[task] / "dev.tsv", task)["label"]
+    top = max(labels.count(v) for v in set(labels))
+    return f"{100 * top / len(labels):.2f}"
+
+
+def runtime_min(run: Run) -> float:
+    return json.loads((run.path / "all_results.json").read_text())["train_runtime_s"] / 60
+
+
+def report(root: Path, peer: Path | None, glue_dir: Path | None) -> str:
+    cells = by_cell(find_runs(root))
+    out = ["| method | " + " | ".join(TASK_HEADERS[t] for t in TASKS) + " |", "|---" * (len(TASKS) + 1) + "|"]
+    for method, label in METHODS:
+        row = [_fmt([r.values[0] for r in cells.get((method, t), {}).values()]) for t in TASKS]
+        if any(row):
+            out.append(f"| {_cell(label)} (`{method}`) | " + " | ".join(row) + " |")
+    if glue_dir is not None:
+        out.append("| majority class | " + " | ".join(majority(t, glue_dir) for t in TASKS) + " |")
+
+    out += ["", "Paired by seed (difference of the dev metric, mean ± std over seeds; wins = seeds where the first is higher):",
+            "", "| comparison | task | difference | wins / seeds |", "|---|---|---|---|"]
+    for a, b, what in PAIRS:
+        for t in TASKS:
+            first, second = cells.get((a, t), {}), cells.get((b, t), {})
+            seeds = sorted(set(first) & set(second), key=int)
+            if seeds:
+                d = [first[s].values[0] - second[s].values[0] for s in seeds]
+                wins = sum(x > 0 for x in d)
+                out.append(f"| {_cell(what)} | {TASK_HEADERS[t]} | {_fmt(d)} | {wins} / {len(seeds)} |")
+
+    out += ["", "Train time per run (minutes, mean over seeds; 1-thread processes sharing 2 cores with other work):",
+            "", "| method | " + " | ".join(TASK_HEADERS[t] for t in TASKS) + " |", "|---" * (len(TASKS) + 1) + "|"]
+    for method, label in METHODS:
+        row = [cells.get((method, t), {}) for t in TASKS]
+        if any(row):
+            out.append(f"| `{method}` | " + " | ".join(
+                f"{statistics.fmean(runtime_min(r) for r in c.values()):.0f}" if c else "" for c in row) + " |")
+
+    if peer is not None:
+        theirs = by_cell(find_runs(peer))
+        out += ["", "Hugging Face PEFT (`bench/cpu_glue_peer.sh`) beside ours, same commands:", "",
+                "| method | task | seed | ours | Hugging Face PEFT |", "|---|---|---|---|---|"]
+        for (method, t), runs in sorted(theirs.items()):
+            for s in sorted(runs, key=int):
+                mine = cells.get((method, t), {}).get(s)
+                ours = f"{mine.values[0]:.2f}" if mine else "not run"
+                out.append(f"| `{method}` | {TASK_HEADERS[t]} | {s} | {ours} | {runs[s].values[0]:.2f} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("root", type=Path, help="results of the grid (bench/results/cpu_glue_k4 or an output root)")
+    p.add_argument("--peer", type=Path, help="results of bench/cpu_glue_peer.sh")
+    p.add_argument("--glue_dir", type=Path, help="local GLUE copy, for the majority-class row")
+    args = p.parse_args(argv)
+    for name, path in (("root", args.root), ("--peer", args.peer), ("--glue_dir", args.glue_dir)):
+        if path is not None and not path.is_dir():
+            print(f"grid_report: {name} {path} is not a folder", file=sys.stderr)
+            return 2
+    sys.stdout.write(report(args.root, args.peer, args.glue_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

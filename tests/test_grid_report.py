@@ -1,0 +1,51 @@
+"""bench/grid_report.py: the grid's tables, paired comparisons and peer rows from finished runs' results."""
+from __future__ import annotations
+
+import json
+
+from _run_glue_utils import import_bench
+
+
+def _run(root, method, task, seed, value, runtime=600.0):
+    d = root / method / "rank2" / task / f"seed{seed}"
+    d.mkdir(parents=True)
+    key = {"mrpc": "eval_accuracy", "stsb": "eval_pearson", "rte": "eval_accuracy",
+           "cola": "eval_matthews_correlation"}[task]
+    (d / "all_results.json").write_text(json.dumps({key: value, "train_runtime_s": runtime}))
+
+
+def test_tables_and_paired_differences(tmp_path, capsys):
+    report = import_bench("grid_report")
+    root = tmp_path / "grid"
+    for seed, (vil, ada) in zip((2021, 2022, 2023), ((0.80, 0.78), (0.77, 0.79), (0.81, 0.76))):
+        _run(root, "vilora_clr", "mrpc", seed, vil, runtime=1200)
+        _run(root, "adalora_ivon_clr", "mrpc", seed, ada, runtime=1800)
+    _run(root, "vilora_clr", "stsb", 2021, 0.86)  # no partner: no paired row for STS-B
+    assert report.main([str(root)]) == 0
+    text = capsys.readouterr().out
+    assert "| VILoRA, SNR(\\|θ\\|) (`vilora_clr`) |  | 79.33 ± 2.08 (3) | 86.00 (1) |  |" in text
+    assert "| AdaLoRA + IVON (sensitivity) (`adalora_ivon_clr`) |  | 77.67 ± 1.53 (3) |  |  |" in text
+    # differences +2, -2, +5 points: mean 1.67, std 3.51, two wins of three
+    assert "| posterior SNR(\\|θ\\|) − sensitivity, both IVON | MRPC acc | 1.67 ± 3.51 (3) | 2 / 3 |" in text
+    assert "STS-B Pearson | " not in text.split("Paired by seed")[1].split("Train time")[0]
+    assert "| `vilora_clr` |  | 20 | 10 |  |" in text and "| `adalora_ivon_clr` |  | 30 |  |  |" in text
+
+
+def test_peer_rows_beside_ours_and_majority_class(tmp_path, capsys, glue_dir):
+    report = import_bench("grid_report")
+    ours, peer = tmp_path / "ours", tmp_path / "peer"
+    _run(ours, "lora_all", "mrpc", 2021, 0.8125)
+    _run(peer, "lora_all", "mrpc", 2021, 0.80)
+    _run(peer, "adalora", "mrpc", 2021, 0.75)
+    assert report.main([str(ours), "--peer", str(peer), "--glue_dir", str(glue_dir)]) == 0
+    text = capsys.readouterr().out
+    assert "| `lora_all` | MRPC acc | 2021 | 81.25 | 80.00 |" in text
+    assert "| `adalora` | MRPC acc | 2021 | not run | 75.00 |" in text
+    assert "| majority class | 52.71 | 68.38 | 0 (constant) | 0 (constant) |" in text
+
+
+def test_a_missing_folder_is_one_line_and_status_2(tmp_path, capsys):
+    report = import_bench("grid_report")
+    assert report.main([str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a folder" in err
