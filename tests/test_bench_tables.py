@@ -54,11 +54,14 @@ def test_grid_dry_run_lists_66_runs(glue_dir):
     assert all("--model_name_or_path /some/minilm" in c for c in commands)
     steps = {"rte": 975, "mrpc": 862, "stsb": 1125, "cola": 1675}
     assert all(f"--max_train_steps {steps[c.split('--task_name ')[1].split()[0]]}" in c for c in commands)
+    # resumable in parts: a run stopped by a session's end continues from its last checkpoint
+    assert all(c.endswith(" --checkpointing_steps 200 --resume_from_checkpoint latest") for c in commands)
 
 
 def test_peer_grid_runs_the_grid_commands_with_the_peer(glue_dir):
     """bench/cpu_glue_peer.sh: the grid's LoRA and AdaLoRA MRPC commands, word for word, except for the interpreter,
-    the script (the peer's adapters in our training script) and the output root."""
+    the script (the peer's adapters in our training script), the output root and the grid's checkpointing (the peer
+    has no allocator state to save)."""
     env = {"PATH": "/usr/bin:/bin", "DRY_RUN": "1", "GLUE_DIR": str(glue_dir), "PYTHON": sys.executable,
            "MODEL": "/some/minilm"}
 
@@ -72,6 +75,8 @@ def test_peer_grid_runs_the_grid_commands_with_the_peer(glue_dir):
                    CRITERION_TASKS="mrpc")
     ours = [c for c in ours if "--task_name" in c and c[c.index("--task_name") + 1] == "mrpc"
             and "--vilora_criterion" not in c and "--use_ivon" not in c]
+    assert all(c[-4:] == ["--checkpointing_steps", "200", "--resume_from_checkpoint", "latest"] for c in ours)
+    ours = [c[:-4] for c in ours]
     peer = dry_run("cpu_glue_peer.sh", OUTPUT_ROOT="/tmp/peer", HF_PEFT_PYTHON=sys.executable)
     assert len(peer) == 2 * 3 and len(ours) == 2 * 3  # LoRA and AdaLoRA x 3 seeds
     for p, o in zip(peer, ours):
