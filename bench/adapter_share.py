@@ -68,8 +68,15 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             print(f"adapter_share: {run} is not a finished adapter run (missing {', '.join(missing)})", file=sys.stderr)
             return 2
-        top = json.loads((run / "run_config.json").read_text())
-        configs[run] = top["args"] | {"seed": top["seed"]}
+        try:
+            top = json.loads((run / "run_config.json").read_text())
+            configs[run] = top["args"] | {"seed": top["seed"]}
+            missing = [k for k in ("task_name", "model_name_or_path", "max_length", "lora_type") if k not in top["args"]]
+        except (ValueError, KeyError, TypeError) as e:
+            missing = [f"a readable run_config.json ({type(e).__name__}: {e})"]
+        if missing:
+            print(f"adapter_share: {run}/run_config.json lacks {', '.join(missing)}", file=sys.stderr)
+            return 2
         if not configs[run].get("apply_lora"):
             print(f"adapter_share: {run} is a full fine-tuning run; it has no adapters", file=sys.stderr)
             return 2

@@ -60,3 +60,16 @@ def test_a_run_without_an_adapter_is_refused_before_any_evaluation(runs, tmp_pat
     assert share.main([str(lora), str(tmp_path), "--glue_dir", str(glue)]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1 and "not a finished adapter run" in captured.err
+
+
+def test_a_broken_run_config_is_one_line(runs, tmp_path, capsys):
+    import shutil
+
+    glue, lora, _ = runs
+    broken = tmp_path / "broken"
+    shutil.copytree(lora, broken)
+    (broken / "run_config.json").write_text("{not json")
+    share = import_bench("adapter_share")
+    assert share.main([str(broken), "--glue_dir", str(glue)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run_config.json" in err
