@@ -22,8 +22,10 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from glue_run.data import PRIMARY_METRIC  # noqa: E402  the training script's primary metric per task
+
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-PRIMARY = {"cola": "eval_matthews_correlation", "stsb": "eval_pearson"}  # every other task: accuracy
 
 
 def _evaluate(run_args: dict, adapter: Path, glue_dir: str | None, out: Path) -> float:
@@ -38,7 +40,7 @@ def _evaluate(run_args: dict, adapter: Path, glue_dir: str | None, out: Path) ->
         tail = done.stderr.strip().splitlines()[-1:] or ["(no message)"]
         raise SystemExit(f"adapter_share: evaluating {adapter} failed (exit {done.returncode}): {tail[0]}")
     results = json.loads((out / "all_results.json").read_text())
-    return 100 * results[PRIMARY.get(run_args["task_name"], "eval_accuracy")]
+    return 100 * results["eval_" + PRIMARY_METRIC.get(run_args["task_name"], "accuracy")]
 
 
 def head_only(adapter: Path, dest: Path) -> int:

@@ -62,13 +62,11 @@ def by_cell(runs: list[Run]) -> dict[tuple[str, str], dict[str, Run]]:
 
 def majority(task: str, glue_dir: Path) -> str:
     """The dev metric of always predicting the most common label (STS-B: a constant has no correlation)."""
-    from glue_run.data import GLUE_FOLDER, read_glue_tsv
+    from glue_run.data import majority_baseline
 
     if task in ("stsb", "cola"):
         return "0 (constant)"
-    labels = read_glue_tsv(glue_dir / GLUE_FOLDER[task] / "dev.tsv", task)["label"]
-    top = max(labels.count(v) for v in set(labels))
-    return f"{100 * top / len(labels):.2f}"
+    return f"{100 * majority_baseline(task, glue_dir)['accuracy']:.2f}"
 
 
 def runtime_min(run: Run) -> float:

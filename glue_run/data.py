@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
@@ -155,6 +156,22 @@ def read_glue_tsv(path: Path, task: str) -> dict[str, list]:
     if not columns["idx"]:
         raise UsageError(f"{path}: no data rows")
     return columns
+
+
+def majority_baseline(task: str, glue_dir: str | Path | None) -> dict[str, float]:
+    """Accuracy (and, for MRPC/QQP, F1 of the positive class) of always predicting the dev set's most common
+    label: the score a classifier that learnt nothing gets. The dev set is read from glue_dir, else the Hub."""
+    if glue_dir:
+        labels = read_glue_tsv(Path(glue_dir) / GLUE_FOLDER[task] / "dev.tsv", task)["label"]
+    else:
+        labels = datasets.load_dataset(HUB_DATASET, task, split="validation")["label"]
+    counts = Counter(labels)
+    label, n = counts.most_common(1)[0]
+    base = {"accuracy": n / len(labels)}
+    if task in ("mrpc", "qqp"):
+        precision = counts[1] / len(labels)
+        base["f1"] = 2 * precision / (precision + 1) if label == 1 else 0.0
+    return base
 
 
 def glue_features(task: str) -> datasets.Features:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 import subprocess
 import sys
 from pathlib import Path
@@ -43,26 +42,6 @@ def demo_command(model: Path, task: str, glue_dir: str, out: Path) -> list[str]:
     if glue_dir:
         cmd += ["--glue_dir", glue_dir]
     return cmd
-
-
-def majority_baseline(task: str, glue_dir: str) -> dict[str, float]:
-    """Accuracy (and, for MRPC/QQP, F1 of the positive class) of always predicting the dev set's most common
-    label: the score a classifier that learnt nothing gets."""
-    if glue_dir:
-        from glue_run.data import GLUE_FOLDER, read_glue_tsv
-
-        labels = read_glue_tsv(Path(glue_dir) / GLUE_FOLDER[task] / "dev.tsv", task)["label"]
-    else:
-        import datasets
-
-        labels = datasets.load_dataset("nyu-mll/glue", task, split="validation")["label"]
-    counts = Counter(labels)
-    label, n = counts.most_common(1)[0]
-    base = {"accuracy": n / len(labels)}
-    if task in ("mrpc", "qqp"):
-        precision = counts[1] / len(labels)
-        base["f1"] = 2 * precision / (precision + 1) if label == 1 else 0.0
-    return base
 
 
 def print_curve(out: Path, primary: str) -> None:
@@ -104,7 +83,7 @@ def main() -> int:
     if rc != 0:
         return rc
     results = json.loads((out / "all_results.json").read_text())
-    from glue_run.data import PRIMARY_METRIC
+    from glue_run.data import PRIMARY_METRIC, majority_baseline
 
     print_curve(out, "eval_" + PRIMARY_METRIC.get(task, "accuracy"))
     if task != "stsb":  # a regression has no most common label
