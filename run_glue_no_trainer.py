@@ -65,8 +65,8 @@ from glue_run import settings
 from glue_run.batches import epoch_batches, make_loader, shard_batch
 from glue_run.checkpoints import TrainState, complete_checkpoints, load_checkpoint, save_checkpoint
 from glue_run.data import PRIMARY_METRIC, TASKS, class_ids, label_setup, load_glue, tokenize_splits
-from glue_run.errors import (EXIT_BUSY, AlreadyFinished, OutputDirBusy, TrainingError, UsageError, is_main_launch,
-                             output_error)
+from glue_run.errors import (EXIT_BUSY, AlreadyFinished, OutputDirBusy, TrainingError, UsageError, agree,
+                             is_main_launch, leave_process_group, output_error)
 from glue_run.ivon_files import IVON_STATE_FILES, find_ivon_state, load_ivon_state, read_ivon_state
 from glue_run.ivon_stats import posterior_stats, trainable_flat
 from glue_run.outdir import OutputLock, claim_output_dir, prepare_output_dir
@@ -721,8 +721,8 @@ def main(argv: list[str] | None = None) -> int:
     Under a distributed launch every process runs this; all of them validate the same flags and data, so a bad
     input stops each with status 2 (reported once, by rank 0) before any of them waits for another. Only the main
     process looks at, locks and writes the output folder, and it tells the others what it found (`agree`), so
-    that they stop with it instead of waiting. The folder's lock is released when this returns, and by the OS
-    when the process dies.
+    that they stop with it instead of waiting, and all leave the process group together. The folder's lock is
+    released when this returns, and by the OS when the process dies.
     """
     lock = OutputLock()
     try:
@@ -737,6 +737,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BUSY if isinstance(e, OutputDirBusy) else 2
     finally:
         lock.release()
+        leave_process_group(wait=False)  # errors the processes agreed on have left it already, together
 
 
 def _main(argv: list[str] | None, lock: OutputLock) -> int:
@@ -758,6 +759,7 @@ def _main(argv: list[str] | None, lock: OutputLock) -> int:
         else:
             train(run, state, log)
     except TrainingError as e:  # raised on every process at once (the loss check is collective)
+        leave_process_group()
         if acc.is_main_process:
             print(f"run_glue_no_trainer.py: error: {e}", file=sys.stderr)
         return 1
@@ -778,11 +780,10 @@ def _main(argv: list[str] | None, lock: OutputLock) -> int:
                 acc.print(f"final rank allocation ({sum(kept.values())} triplets kept):\n" +
                           "\n".join(f"  {name:<{width}}  {r}" for name, r in kept.items()))
             acc.print("results: " + json.dumps({k: v for k, v in results.items() if k.startswith("eval_")}))
-    acc.wait_for_everyone()  # no process exits before the outputs are complete
-    if error is not None:  # only the main process writes outputs; the others have nothing left to do
-        raise error
-    if args.with_tracking or acc.num_processes > 1:
-        acc.end_training()  # ends trackers and the process group
+    agree(acc, error)  # outputs that could not be written stop every process; the main process says so
+    leave_process_group()  # no process exits before the outputs are complete
+    if args.with_tracking:
+        acc.end_training()  # ends the trackers
     if run.hub_repo is not None and acc.is_main_process:
         try:
             push_outputs(args, run.hub_repo, run.out)

@@ -3,8 +3,16 @@ tiny GLUE-layout data sets whose labels are learnable from one word."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+import pytest
 
 WORDS = ["good", "bad", "cat", "dog", "runs", "sits", "the", "a", "big", "small", "red", "blue", "house", "tree",
          "sees", "likes", "fast", "slow", "man", "woman", "car", "road", "happy", "sad"]
@@ -129,3 +137,73 @@ def have_adapters() -> bool:
         return all(hasattr(peft, n) for n in ("get_peft_model", "VILoraConfig", "LoraConfig")) and hasattr(ivon, "IVON")
     except ImportError:
         return False
+
+
+# ------------------------------------------------------------------------------------------ several processes
+ACCELERATE = Path(sys.executable).parent / "accelerate"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def process_env(**extra: str) -> dict:
+    """The environment of a launched run: one thread, offline, and Python's faulthandler on, so that the SIGABRT
+    sent to a run that hangs makes every process print its threads' stacks."""
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+                PYTHONFAULTHANDLER="1", **extra)
+
+
+def finish_processes(procs: list[subprocess.Popen], timeout: float) -> list[subprocess.CompletedProcess]:
+    """Wait for every process (each started in its own session) and return their results; if they are not all
+    done within `timeout` seconds in total, abort all of them (SIGABRT to each session) and fail the test with
+    the stacks they print, which say where the run hung."""
+    deadline, results = time.monotonic() + timeout, []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            break
+        results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    else:
+        return results
+    stacks = []
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGABRT)
+            except ProcessLookupError:
+                pass
+    for i, p in enumerate(procs):
+        try:
+            out, err = p.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, err = p.communicate()
+        stacks.append(f"--- process {i} (status {p.returncode}), end of stdout:\n{(out or '')[-2000:]}\n"
+                      f"--- stderr:\n{(err or '')[-12000:]}")
+    pytest.fail(f"the run did not end within {timeout:.0f} s; what its processes printed:\n" + "\n".join(stacks))
+
+
+def accelerate_launch(args: list[str], processes: int = 2, timeout: float = 150, **env: str) -> subprocess.CompletedProcess:
+    """The script under `accelerate launch` in `processes` CPU processes (gloo), as users start it."""
+    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(SCRIPT)]
+    proc = subprocess.Popen(cmd + args, cwd=REPO, env=process_env(**env), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return finish_processes([proc], timeout)[0]
+
+
+def spawn_ranks(args: list[str], processes: int = 2, timeout: float = 120,
+                stdout=subprocess.PIPE, **env: str) -> list[subprocess.CompletedProcess]:
+    """Start the processes as torchrun would (env:// rendezvous) but without its agent, which stops the other
+    processes once one exits: here each one's own exit status counts."""
+    port = str(free_port())
+    procs = [subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=REPO, text=True, stdout=stdout,
+                              stderr=subprocess.PIPE, start_new_session=True,
+                              env=process_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE=str(processes),
+                                              RANK=str(r), LOCAL_RANK=str(r), LOCAL_WORLD_SIZE=str(processes), **env))
+             for r in range(processes)]
+    return finish_processes(procs, timeout)

@@ -12,9 +12,8 @@ Each process dumps its final state to RUN_GLUE_DEBUG_DUMP_DIR/rank<r>.pt for the
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,34 +22,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _run_glue_utils import REPO, SCRIPT, have_adapters, make_tiny_model, read_log, read_results, write_tiny_glue
+from _run_glue_utils import (REPO, SCRIPT, accelerate_launch, finish_processes, have_adapters, make_tiny_model,
+                             process_env, read_log, read_results, spawn_ranks, write_tiny_glue)
 
 pytestmark = pytest.mark.skipif(not have_adapters(), reason="peft/ivon packages not available yet")
-ACCELERATE = Path(sys.executable).parent / "accelerate"
 N_DEV = 15  # odd: the second process's last eval batch is padded, and the padding must not be scored
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(**extra) -> dict:
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-                **extra)
-
-
 def _launch(args: list[str], processes: int, dump: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the script in `processes` processes (accelerate launch) or in this interpreter (1)."""
-    if processes == 1:
-        cmd = [sys.executable, str(SCRIPT)]
-    else:
-        cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-               str(SCRIPT)]
-    env = _env(**({"RUN_GLUE_DEBUG_DUMP_DIR": str(dump)} if dump else {}))
-    return subprocess.run(cmd + args, capture_output=True, text=True, timeout=150, cwd=REPO, env=env)
+    """Run the script in `processes` processes (accelerate launch) or in a fresh interpreter (1)."""
+    env = {"RUN_GLUE_DEBUG_DUMP_DIR": str(dump)} if dump else {}
+    if processes > 1:
+        return accelerate_launch(args, processes, **env)
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=150,
+                          cwd=REPO, env=process_env(**env))
 
 
 def _ok(res: subprocess.CompletedProcess) -> None:
@@ -192,34 +177,13 @@ def test_adalora_adamw_two_processes_match_one(data, tmp_path):
     assert all(r["n_eval"] == N_DEV for r in log2 if "n_eval" in r)
 
 
-def _spawn(args: list[str], processes: int) -> list[subprocess.CompletedProcess]:
-    """Start the processes as torchrun would (env:// rendezvous) but without its agent, which stops the other
-    processes once one exits: here each one's own exit status counts."""
-    port = str(_free_port())
-    procs = [subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=REPO, text=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE,
-                              env=_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE=str(processes),
-                                       RANK=str(r), LOCAL_RANK=str(r), LOCAL_WORLD_SIZE=str(processes)))
-             for r in range(processes)]
-    results = []
-    try:
-        for p in procs:
-            stdout, stderr = p.communicate(timeout=120)  # a process waiting for a failed one would time out
-            results.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    return results
-
-
 def test_bad_input_stops_every_process_with_status_2(data, tmp_path):
     out = tmp_path / "out"
     # passes the flag checks, fails once the processes are connected (the step plan needs the data size)
     args = ["--model_name_or_path", str(data["model"]), "--task_name", "rte", "--glue_dir", str(data["glue"]),
             "--output_dir", str(out), "--apply_lora", "--lora_type", "adalora", "--max_train_steps", "4",
             "--adalora_tinit", "3", "--adalora_tfinal", "2"]
-    rank0, rank1 = _spawn(args, 2)
+    rank0, rank1 = spawn_ranks(args, 2)
     assert rank0.returncode == rank1.returncode == 2
     # the rule and its message are peft's (validate_schedule), reached through the script's check_budget_schedule
     assert rank0.stderr.strip().splitlines()[-1] == (
@@ -228,3 +192,15 @@ def test_bad_input_stops_every_process_with_status_2(data, tmp_path):
         "lower tinit/tfinal or train for more steps")
     assert "error" not in rank1.stderr and "Traceback" not in rank0.stderr + rank1.stderr  # reported once
     assert not out.exists()
+
+
+def test_a_run_that_hangs_fails_with_its_stacks():
+    """The launch helpers' timeout: a process that never ends is aborted and the test fails with its Python stack
+    (faulthandler), so that a hung 2-process run in CI says where it waited."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time\ntime.sleep(600)"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=process_env())
+    with pytest.raises(pytest.fail.Exception) as failed:
+        finish_processes([proc], timeout=3)
+    assert "did not end within 3 s" in str(failed.value)
+    assert 'File "<string>", line 2 in <module>' in str(failed.value)  # where it was: time.sleep(600)
+    assert proc.returncode == -signal.SIGABRT

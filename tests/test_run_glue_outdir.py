@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from _run_glue_utils import (REPO, SCRIPT, have_adapters, make_tiny_model, read_log, read_results,
-                             write_tiny_glue)
+from _run_glue_utils import (ACCELERATE, REPO, SCRIPT, accelerate_launch, have_adapters, make_tiny_model, process_env,
+                             read_log, read_results, spawn_ranks, write_tiny_glue)
 
 import run_glue_no_trainer as rg
 from glue_run import checkpoints
@@ -72,11 +72,6 @@ def assert_manifest_covers(out: Path, others: set[str] = frozenset()) -> None:
         rel = path.relative_to(out).as_posix()
         if path.is_file() and rel not in {LOCK_FILE, MANIFEST} | set(others):
             assert any(rel == e or rel.startswith(e + "/") for e in whole), rel
-
-
-def _env(**extra) -> dict:
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-                **extra)
 
 
 
@@ -234,7 +229,7 @@ def _limited_run(tiny, out: Path, max_bytes: int, *extra) -> subprocess.Complete
     model, glue = tiny
     cmd = [sys.executable, str(SCRIPT), "--model_name_or_path", str(model), "--task_name", "rte", "--glue_dir",
            str(glue), "--output_dir", str(out), "--seed", "3", "--max_train_steps", "2", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO, env=_env(),
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO, env=process_env(),
                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes)))
 
 
@@ -293,10 +288,10 @@ def _wait_for(proc: subprocess.Popen, ready, what: str, timeout: float = 180) ->
 def test_a_second_run_exits_75_while_the_first_goes_on(tiny, tmp_path):
     out = tmp_path / "out"
     first_err = open(tmp_path / "first.err", "w")  # a file, not a pipe nobody reads until the end
-    first = subprocess.Popen(_cmd(tiny, out), cwd=REPO, env=_env(RUN_GLUE_DEBUG_STEP_SLEEP="1.5"),
+    first = subprocess.Popen(_cmd(tiny, out), cwd=REPO, env=process_env(RUN_GLUE_DEBUG_STEP_SLEEP="1.5"),
                              stdout=subprocess.DEVNULL, stderr=first_err)
     _wait_for(first, lambda: (out / "log.jsonl").is_file() and (out / "log.jsonl").read_text(), "first update")
-    second = subprocess.run(_cmd(tiny, out), capture_output=True, text=True, timeout=180, cwd=REPO, env=_env())
+    second = subprocess.run(_cmd(tiny, out), capture_output=True, text=True, timeout=180, cwd=REPO, env=process_env())
     assert first.poll() is None, "the first run ended before the second was refused"
     assert second.returncode == 75, second.stderr[-2000:]
     assert second.stderr.strip().splitlines() == [
@@ -310,23 +305,17 @@ def test_a_second_run_exits_75_while_the_first_goes_on(tiny, tmp_path):
 
 def test_a_killed_run_leaves_no_lock(tiny, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen(_cmd(tiny, out), cwd=REPO, env=_env(RUN_GLUE_DEBUG_STEP_SLEEP="0.25"),
+    proc = subprocess.Popen(_cmd(tiny, out), cwd=REPO, env=process_env(RUN_GLUE_DEBUG_STEP_SLEEP="0.25"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for(proc, lambda: (out / "checkpoints" / "step_6").is_dir(), "checkpoint")
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert (out / LOCK_FILE).read_text().startswith(f"pid {proc.pid} on ")  # a stale file, no live lock
     res = subprocess.run(_cmd(tiny, out, "--resume_from_checkpoint", "latest"), capture_output=True, text=True,
-                         timeout=240, cwd=REPO, env=_env())
+                         timeout=240, cwd=REPO, env=process_env())
     assert res.returncode == 0, res.stderr[-2000:]
     assert "resumed from" in res.stdout + res.stderr
     assert [r["step"] for r in read_log(out) if "lr" in r] == list(range(1, 13))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_stop_together_on_a_busy_folder(tiny, tmp_path):
@@ -334,29 +323,22 @@ def test_two_processes_stop_together_on_a_busy_folder(tiny, tmp_path):
     by hand (no launcher that would kill the rest once one process exits), each must exit 75 on its own."""
     out = tmp_path / "out"
     out.mkdir()
-    port = str(_free_port())
     with open(out / LOCK_FILE, "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        procs = [subprocess.Popen(_cmd(tiny, out), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  text=True, env=_env(WORLD_SIZE="2", RANK=str(r), LOCAL_RANK=str(r),
-                                                      LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
-                 for r in range(2)]
-        errs = [p.communicate(timeout=180)[1] for p in procs]
+        procs = spawn_ranks(_cmd(tiny, out)[2:], 2, timeout=180, stdout=subprocess.DEVNULL)
+    errs = [p.stderr for p in procs]
     assert [p.returncode for p in procs] == [75, 75], errs
     assert errs[0].strip().splitlines() == [f"run_glue_no_trainer.py: error: {out} is in use by another run; wait "
                                             "for it to end or choose another --output_dir"] and not errs[1].strip()
     assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]
 
 
-@pytest.mark.skipif(not (Path(sys.executable).parent / "accelerate").exists(), reason="no accelerate CLI")
+@pytest.mark.skipif(not ACCELERATE.exists(), reason="no accelerate CLI")
 def test_two_process_checkpoints_are_complete(tiny, tmp_path):
     """Under accelerate launch, the sync points of a checkpoint (every RNG file in place, then the marker)."""
     out = tmp_path / "out"
-    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-           str(_free_port()), *_cmd(tiny, out, "--per_device_train_batch_size", "4", "--max_train_steps", "4",
-                                    "--checkpointing_steps", "2")[1:]]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO, env=_env())
+    res = accelerate_launch(_cmd(tiny, out, "--per_device_train_batch_size", "4", "--max_train_steps", "4",
+                                 "--checkpointing_steps", "2")[2:], 2, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     for step in (2, 4):
         ckpt = out / "checkpoints" / f"step_{step}"

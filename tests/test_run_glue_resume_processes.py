@@ -8,35 +8,15 @@ AdaLoRA + AdamW on a model without dropout, so the 2-process continuation must e
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from _run_glue_utils import (REPO, SCRIPT, have_adapters, make_tiny_model, read_log, read_results,
-                             write_tiny_glue)
+from _run_glue_utils import accelerate_launch, have_adapters, make_tiny_model, read_log, read_results, write_tiny_glue
 
 pytestmark = pytest.mark.skipif(not have_adapters(), reason="peft/ivon packages not available yet")
-ACCELERATE = Path(sys.executable).parent / "accelerate"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _launch_two(args: list[str]) -> subprocess.CompletedProcess:
-    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(SCRIPT)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    return subprocess.run(cmd + args, capture_output=True, text=True, timeout=150, cwd=REPO, env=env)
 
 
 def test_one_process_checkpoint_resumes_in_two_processes(tmp_path, capsys):
@@ -63,7 +43,7 @@ def test_one_process_checkpoint_resumes_in_two_processes(tmp_path, capsys):
     assert not (resumed / "all_results.json").exists()
 
     # the same global batch in 2 processes x 4: resumes, rank 1 starts a fresh RNG stream
-    res = _launch_two(common + ["--per_device_train_batch_size", "4", "--output_dir", str(resumed),
+    res = accelerate_launch(common + ["--per_device_train_batch_size", "4", "--output_dir", str(resumed),
                                 "--resume_from_checkpoint", "latest"])
     assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-3000:]
     assert "resumed from" in res.stdout + res.stderr
