@@ -288,11 +288,15 @@ def _wait_for(proc: subprocess.Popen, ready, what: str, timeout: float = 180) ->
 def test_a_second_run_exits_75_while_the_first_goes_on(tiny, tmp_path):
     out = tmp_path / "out"
     first_err = open(tmp_path / "first.err", "w")  # a file, not a pipe nobody reads until the end
-    first = subprocess.Popen(_cmd(tiny, out), cwd=REPO, env=process_env(RUN_GLUE_DEBUG_STEP_SLEEP="1.5"),
+    first = subprocess.Popen(_cmd(tiny, out), cwd=REPO, env=process_env(RUN_GLUE_DEBUG_STEP_SLEEP="0.5"),
                              stdout=subprocess.DEVNULL, stderr=first_err)
     _wait_for(first, lambda: (out / "log.jsonl").is_file() and (out / "log.jsonl").read_text(), "first update")
-    second = subprocess.run(_cmd(tiny, out), capture_output=True, text=True, timeout=180, cwd=REPO, env=process_env())
-    assert first.poll() is None, "the first run ended before the second was refused"
+    first.send_signal(signal.SIGSTOP)  # holds its lock, mid-run, however long the second takes to start
+    try:
+        second = subprocess.run(_cmd(tiny, out), capture_output=True, text=True, timeout=180, cwd=REPO,
+                                env=process_env())
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert second.returncode == 75, second.stderr[-2000:]
     assert second.stderr.strip().splitlines() == [
         f"run_glue_no_trainer.py: error: {out} is in use by another run (pid {first.pid} on {socket.gethostname()}); "
