@@ -7,8 +7,9 @@ Prints markdown: (1) every method on every task, mean ± sample std over seeds w
 majority-class score (read from the dev sets when --glue_dir is given); (2) the comparisons the paper's claims
 rest on, each paired by seed (the same seed gives both runs the same data order and initialisation): VILoRA's
 SNR(|θ|) against AdaLoRA's sensitivity with the same IVON and schedule, and the magnitude score |μ| against
-the variance score 1/σ; (3) train time per run; (4) with --peer, Hugging Face PEFT's LoRA and AdaLoRA beside
-ours, seed by seed. Runs are found and read by scripts/summarize.py (the same rules and metrics: RTE and MRPC
+the variance score 1/σ; (3) train time per run; (4) how often two adaptive runs of the same seed end with the
+same kept/pruned decision for a triplet (their rank_pattern.json); (5) with --peer, Hugging Face PEFT's LoRA and
+AdaLoRA beside ours, seed by seed. Runs are found and read by scripts/summarize.py (the same rules and metrics: RTE and MRPC
 accuracy, STS-B Pearson, CoLA Matthews correlation). Nothing is written.
 """
 from __future__ import annotations
@@ -35,6 +36,10 @@ PAIRS = [("vilora_clr", "adalora_ivon_clr", "posterior SNR(|θ|) − sensitivity
          ("vilora_clr_criterion-mean", "vilora_clr_criterion-sigma", "magnitude |μ| − variance 1/σ"),
          ("vilora_clr", "vilora_clr_criterion-SNR", "SNR(|θ|) − |μ|/σ"),
          ("vilora_clr", "adalora", "VILoRA − AdaLoRA + AdamW (schedules differ, see text)")]
+# pairs of adaptive runs whose final rank patterns are compared, triplet by triplet
+RANK_PAIRS = [("vilora_clr", "adalora_ivon_clr"), ("adalora", "adalora_ivon_clr"),
+              ("vilora_clr_criterion-mean", "vilora_clr_criterion-sigma"), ("vilora_clr", "vilora_clr_criterion-mean"),
+              ("vilora_clr", "vilora_clr_criterion-SNR"), ("vilora_clr", "vilora_clr_criterion-sigma")]
 
 
 def _fmt(values: list[float]) -> str:
@@ -73,6 +78,22 @@ def runtime_min(run: Run) -> float:
     return json.loads((run.path / "all_results.json").read_text())["train_runtime_s"] / 60
 
 
+def same_decisions(a: Run, b: Run) -> tuple[int, int, float] | None:
+    """(triplets kept or pruned alike, triplets, how many two random patterns keeping as many as each would
+    share on average) between two runs' final rank patterns (rank_pattern.json); None when either has none or
+    they mask different matrices."""
+    try:
+        pa, pb = (json.loads((r.path / "rank_pattern.json").read_text()) for r in (a, b))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if pa.keys() != pb.keys() or any(len(pa[k]) != len(pb[k]) for k in pa):
+        return None
+    n = sum(len(v) for v in pa.values())
+    ka, kb = (sum(sum(map(bool, v)) for v in pattern.values()) for pattern in (pa, pb))
+    chance = (ka * kb + (n - ka) * (n - kb)) / n
+    return sum(x == y for k in pa for x, y in zip(pa[k], pb[k])), n, chance
+
+
 def report(root: Path, peer: Path | None, glue_dir: Path | None) -> str:
     cells = by_cell(find_runs(root))
     out = ["| method | " + " | ".join(TASK_HEADERS[t] for t in TASKS) + " |", "|---" * (len(TASKS) + 1) + "|"]
@@ -101,6 +122,20 @@ def report(root: Path, peer: Path | None, glue_dir: Path | None) -> str:
         if any(row):
             out.append(f"| `{method}` | " + " | ".join(
                 f"{statistics.fmean(runtime_min(r) for r in c.values()):.0f}" if c else "" for c in row) + " |")
+
+    rows = []
+    for a, b in RANK_PAIRS:
+        for t in TASKS:
+            first, second = cells.get((a, t), {}), cells.get((b, t), {})
+            counts = [c for s in sorted(set(first) & set(second), key=int)
+                      if (c := same_decisions(first[s], second[s])) is not None]
+            if counts:
+                rows.append(f"| `{a}` | `{b}` | {TASK_HEADERS[t]} | {', '.join(str(c[0]) for c in counts)} "
+                            f"of {counts[0][1]} | {', '.join(f'{c[2]:.1f}' for c in counts)} |")
+    if rows:
+        out += ["", "Final rank patterns, paired by seed: triplets that both runs keep or both prune (per seed, in "
+                "seed order), and how many two random patterns with the same kept counts share on average:", "",
+                "| run | against | task | same decision | by chance |", "|---|---|---|---|---|", *rows]
 
     if peer is not None:
         theirs = by_cell(find_runs(peer))

@@ -49,3 +49,21 @@ def test_a_missing_folder_is_one_line_and_status_2(tmp_path, capsys):
     assert report.main([str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not a folder" in err
+
+
+def test_rank_patterns_compared_triplet_by_triplet(tmp_path, capsys):
+    report = import_bench("grid_report")
+    root = tmp_path / "grid"
+    a, b = {"m1": [True, False], "m2": [True, True]}, {"m1": [True, True], "m2": [True, False]}
+    for seed, (pa, pb) in zip((2021, 2022), ((a, b), (a, a))):
+        for method, pattern in (("vilora_clr", pa), ("adalora_ivon_clr", pb)):
+            _run(root, method, "mrpc", seed, 0.8)
+            (root / method / "rank2" / "mrpc" / f"seed{seed}" / "rank_pattern.json").write_text(json.dumps(pattern))
+    _run(root, "vilora_clr_criterion-mean", "mrpc", 2021, 0.8)  # no rank pattern: no row
+    _run(root, "vilora_clr_criterion-sigma", "mrpc", 2021, 0.8)
+    assert report.main([str(root)]) == 0
+    text = capsys.readouterr().out
+    # seed 2021: m1 agrees on its first triplet, m2 on its first: 2 of 4; seed 2022 identical: 4 of 4.
+    # Three of four kept in each: random patterns share (3*3 + 1*1) / 4 = 2.5 on average.
+    assert "| `vilora_clr` | `adalora_ivon_clr` | MRPC acc | 2, 4 of 4 | 2.5, 2.5 |" in text
+    assert "`vilora_clr_criterion-mean` | `vilora_clr_criterion-sigma`" not in text
