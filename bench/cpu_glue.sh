@@ -14,6 +14,8 @@
 # TASKS=rte first), and every run checkpoints every 200 updates and resumes from its latest checkpoint, so a run
 # stopped part-way (a session's end) continues where it was when the grid is started again on the same machine;
 # resuming is exact, so the result is the uninterrupted run's. EXTRA_ARGS are appended after these flags.
+# Two copies started side by side (OMP_NUM_THREADS=1 each, the fastest use of 2 cores) share the grid: each
+# skips the run the other is training (its folder is locked: "busy") and takes the next.
 # It ends with the table of scripts/summarize.py (also OUTPUT_ROOT/summary.md).
 set -euo pipefail
 
