@@ -416,6 +416,9 @@ def build_run(args: argparse.Namespace, resolved: settings.Resolved, accelerator
     is_regression, label_names, label_ids = label_setup(args, raw)
     if not args.eval_only:
         resolved = dataclasses.replace(resolved, plan=plan_steps(args, len(raw["train"]), world))
+        if args.apply_lora and args.lora_type in ("adalora", "vilora") and args.lora_path is None:
+            check_budget_schedule(settings.adapter_config(args), resolved.plan.max_train_steps,
+                                  "--adalora_tinit/--adalora_tfinal/--adalora_delta_t")
     model, tokenizer = build_model(args, 1 if is_regression else len(label_names), label_names)
     method = method_of(model)
     resolved = dataclasses.replace(resolved, method=method, use_ivon=resolved.use_ivon or method == "vilora")

@@ -1,8 +1,8 @@
 """The step plan and the learning-rate schedules: how many updates a run has, and the lr at each.
 
 Every step count is in optimizer updates of the global batch (--per_device_train_batch_size x processes x
---gradient_accumulation_steps micro-batches). `plan_steps` also checks that the AdaLoRA budget schedule and the
-custom schedule's phases fit the run, before anything is loaded.
+--gradient_accumulation_steps micro-batches). `plan_steps` also checks that the custom schedule's phases fit the
+run, and `check_budget_schedule` that the AdaLoRA budget schedule does, before the model is loaded.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import math
 import torch
 from transformers import get_scheduler
 
-from . import settings
 from .errors import UsageError
 
 METRIC_SCHEDULERS = ("reduce_lr_on_plateau", "greedy")  # stepped with the dev metric after each evaluation
@@ -88,7 +87,8 @@ class StepPlan:
 
 
 def plan_steps(args: argparse.Namespace, n_train: int, num_processes: int = 1) -> StepPlan:
-    """Count updates and check the schedules fit the run (AdaLoRA budget phases, custom LR phases).
+    """Count updates and check that the custom LR schedule's phases fit the run (the AdaLoRA budget schedule is
+    checked by `check_budget_schedule`, given the adapter's config).
 
     A batch is global: --per_device_train_batch_size x num_processes examples, split over the processes.
     """
@@ -96,9 +96,6 @@ def plan_steps(args: argparse.Namespace, n_train: int, num_processes: int = 1) -
     per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
     total = args.max_train_steps or args.num_train_epochs * per_epoch
     plan = StepPlan(batches, per_epoch, total, math.ceil(total / per_epoch))
-    if args.apply_lora and args.lora_type in ("adalora", "vilora") and args.lora_path is None:
-        check_budget_schedule(settings.adapter_config(args), total,
-                              "--adalora_tinit/--adalora_tfinal/--adalora_delta_t")
     if args.use_custom_lr_schedule:
         const_end = custom_schedule_const_end(args, per_epoch)
         if const_end >= total:

@@ -21,6 +21,7 @@ import torch
 
 from .data import TASKS
 from .errors import UsageError
+from .schedule import metric_scheduler_kwargs, steps_with_metric
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -139,8 +140,6 @@ def check_settings(args: argparse.Namespace) -> None:
             adapter_config(args)
         except ValueError as e:
             raise UsageError(f"adapter settings: {e}") from None
-    from .schedule import metric_scheduler_kwargs, steps_with_metric  # schedule imports this module
-
     if steps_with_metric(args):
         metric_scheduler_kwargs(args)  # the direction the dev metric is read in
     lrs = {"lr_schedule_first_lr": args.lr_schedule_first_lr, "lr_schedule_second_lr": args.lr_schedule_second_lr,
