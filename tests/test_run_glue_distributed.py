@@ -204,3 +204,33 @@ def test_a_run_that_hangs_fails_with_its_stacks():
     assert "did not end within 3 s" in str(failed.value)
     assert 'File "<string>", line 2 in <module>' in str(failed.value)  # where it was: time.sleep(600)
     assert proc.returncode == -signal.SIGABRT
+
+
+def _stopped_together(ranks: list[subprocess.CompletedProcess], status: int, message: str) -> None:
+    """Every process exits with `status` on its own, rank 0 says why in its last line, and no process aborts or
+    prints a traceback on its way out (each ends the process group before exiting)."""
+    assert [r.returncode for r in ranks] == [status] * len(ranks), [r.stderr[-2000:] for r in ranks]
+    assert message in ranks[0].stderr.strip().splitlines()[-1]
+    assert all("error" not in r.stderr for r in ranks[1:])
+    assert not any(word in r.stderr for r in ranks for word in ("Traceback", "terminate called"))
+
+
+def test_a_nonfinite_loss_stops_every_process_with_status_1(data, tmp_path):
+    args = ["--model_name_or_path", str(data["model"]), "--task_name", "rte", "--glue_dir", str(data["glue"]),
+            "--output_dir", str(tmp_path / "out"), "--per_device_train_batch_size", "4", "--max_train_steps", "4",
+            "--learning_rate", "1e30"]
+    _stopped_together(spawn_ranks(args, 2), 1, "non-finite training loss")
+    assert not (tmp_path / "out" / "all_results.json").exists()
+
+
+def test_outputs_the_main_process_cannot_write_stop_every_process_with_status_2(data, tmp_path):
+    """The outputs are written at the end by the main process alone; a full disk there (each process may write no
+    file over 60 kB, the tiny model's weights take ~110 kB) stops the others too, once, with status 2."""
+    import resource
+
+    out = tmp_path / "out"
+    args = ["--model_name_or_path", str(data["model"]), "--task_name", "rte", "--glue_dir", str(data["glue"]),
+            "--output_dir", str(out), "--per_device_train_batch_size", "4", "--max_train_steps", "2"]
+    ranks = spawn_ranks(args, 2, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000)))
+    _stopped_together(ranks, 2, f"cannot write the outputs in {out}")
+    assert not (out / "all_results.json").exists()

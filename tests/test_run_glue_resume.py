@@ -3,7 +3,6 @@ ends with bit-identical weights, IVON state, metrics and log as the same run lef
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _run_glue_utils import REPO, SCRIPT, have_adapters, make_tiny_model, read_log, read_results, write_tiny_glue
+from _run_glue_utils import (REPO, SCRIPT, have_adapters, make_tiny_model, process_env, read_log, read_results,
+                             write_tiny_glue)
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +30,8 @@ def _cmd(tiny, out, extra):
             "--eval_steps", "2", "--eval_after_epochs", "0", *extra]
 
 
-def _env(**extra):
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-                **extra)
-
-
 def _finish(cmd, **env):
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO, env=_env(**env))
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO, env=process_env(**env))
     assert res.returncode == 0, res.stderr[-2000:]
 
 
@@ -60,7 +55,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny, tmp_path, case):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     _finish(_cmd(tiny, ref, extra))
 
-    proc = subprocess.Popen(_cmd(tiny, killed, extra), cwd=REPO, env=_env(RUN_GLUE_DEBUG_STEP_SLEEP="0.25"),
+    proc = subprocess.Popen(_cmd(tiny, killed, extra), cwd=REPO, env=process_env(RUN_GLUE_DEBUG_STEP_SLEEP="0.25"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
     while not (killed / "checkpoints" / "step_6").is_dir():
