@@ -1,12 +1,13 @@
 """Dev-set metric against training step, one panel per task, one line per method (mean over seeds).
 
-    python scripts/plot_curves.py OUTPUT_ROOT [-o out.png] [--task T] [--rank R] [--band minmax|std]
+    python scripts/plot_curves.py OUTPUT_ROOT [-o out.png] [--task T] [--rank R] [--band minmax|std] [--table N]
 
 Reads every ``log.jsonl`` below OUTPUT_ROOT (runs placed by the launcher's layout, else by run_config.json,
 as in summarize.py), takes the eval lines' primary metric of the task (MNLI: matched accuracy, CoLA: Matthews
 correlation, STS-B: Pearson, others: accuracy; ×100) at each logged step, and draws the mean over seeds with a
 band over seeds (min–max by default, or ±1 sample std). Runs still in progress are included. Writes
-OUTPUT_ROOT/curves.png (curves_<task>.png with --task) unless -o is given.
+OUTPUT_ROOT/curves.png (curves_<task>.png with --task) unless -o is given. With --table N it prints instead a
+markdown table per task: each method's mean curve at every N-th update and at its last, and its best (update).
 
 Bad input is skipped, not fatal: the last line of a log.jsonl that a running job is still writing (no
 newline and not parseable yet) is left out quietly; any other line that is not a JSON object with an integer
@@ -150,17 +151,51 @@ def plot_curves(root: Path, out: Path, task: str | None = None, rank: str | None
     return out
 
 
+def curve_table(root: Path, every: int, task: str | None = None, rank: str | None = None) -> str:
+    """Markdown, one table per task: the mean curve of each method at every `every`-th update and at its last
+    logged update, and its best value (update); ValueError if nothing was logged."""
+    curves = collect(root, task, rank)
+    tasks = [t for t in TASKS if t in curves]
+    if not tasks:
+        raise ValueError(f"no eval lines in any log.jsonl under {root}"
+                         + (f" for task {task}" if task else "") + (f" at rank {rank}" if rank else ""))
+    out = []
+    for t in tasks:
+        means = {}  # label -> step -> mean over the seeds that logged it
+        for label, seed_curves in sorted(curves[t].items()):
+            steps, mean, _, _ = band(seed_curves, "minmax")
+            means[label] = dict(zip(steps.tolist(), mean.tolist()))
+        last = max(max(m) for m in means.values())
+        steps = sorted({s for m in means.values() for s in m if s % every == 0 and s != last}) + [last]
+        out += [f"{TASK_HEADERS[t]}, dev metric ×100 (mean over seeds):", "",
+                "| run | seeds | " + " | ".join(map(str, steps)) + " | best (update) |",
+                "|---" * (len(steps) + 3) + "|"]
+        for label, m in means.items():
+            best = max(m, key=lambda s: (m[s], -s))  # the earliest of equal bests
+            out.append(f"| {label} | {len(curves[t][label])} | " +
+                       " | ".join(f"{m[s]:.2f}" if s in m else "" for s in steps) + f" | {m[best]:.2f} ({best}) |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command line: OUTPUT_ROOT [-o out.png] [--task T] [--rank R] [--band minmax|std]."""
+    """Command line: OUTPUT_ROOT [-o out.png] [--task T] [--rank R] [--band minmax|std] [--table N]."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("output_root", type=Path)
     p.add_argument("-o", "--output", type=Path)
     p.add_argument("--task", choices=TASKS)
     p.add_argument("--rank", help="only runs of this final rank (2 or 4)")
     p.add_argument("--band", choices=("minmax", "std"), default="minmax")
+    p.add_argument("--table", type=int, metavar="N", help="print, instead of drawing, a markdown table of the curves "
+                   "at every N-th update and the last, and each one's best")
     a = p.parse_args(argv)
+    if a.table is not None and a.table < 1:
+        p.error(f"--table must be a positive number of updates, got {a.table}")
     out = a.output or a.output_root / (f"curves_{a.task}.png" if a.task else "curves.png")
     try:
+        if a.table is not None:
+            print(curve_table(a.output_root, a.table, a.task, a.rank), end="")
+            return 0
         plot_curves(a.output_root, out, a.task, a.rank, a.band)
     except (ValueError, OSError) as e:
         print(f"plot_curves: error: {e}", file=sys.stderr)

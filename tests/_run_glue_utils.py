@@ -187,7 +187,8 @@ def finish_processes(procs: list[subprocess.Popen], timeout: float) -> list[subp
     pytest.fail(f"the run did not end within {timeout:.0f} s; what its processes printed:\n" + "\n".join(stacks))
 
 
-def accelerate_launch(args: list[str], processes: int = 2, timeout: float = 150, **env: str) -> subprocess.CompletedProcess:
+def accelerate_launch(args: list[str], processes: int = 2, timeout: float = 150,
+                      **env: str) -> subprocess.CompletedProcess:
     """The script under `accelerate launch` in `processes` CPU processes (gloo), as users start it."""
     cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(SCRIPT)]

@@ -562,6 +562,28 @@ def test_plot_curves(tmp_path):
     assert plot_curves.main([str(tmp_path), "--task", "mnli"]) == 2
 
 
+def test_curve_table(tmp_path, capsys):
+    plot_curves = _module("plot_curves")
+    for method, seed, values in (("adalora", 1, (0.5, 0.7, 0.8, 0.75)), ("adalora", 2, (0.6, 0.7, 0.9, 0.85)),
+                                 ("vilora", 1, (0.4, 0.8, 0.8))):
+        d = tmp_path / method / "rank2" / "rte" / f"seed{seed}"
+        d.mkdir(parents=True)
+        steps = (100, 200, 300, 345)[:len(values)]
+        (d / "log.jsonl").write_text("".join(json.dumps({"step": s, "epoch": 0, "eval_accuracy": v}) + "\n"
+                                             for s, v in zip(steps, values)))
+    assert plot_curves.main([str(tmp_path), "--table", "200"]) == 0
+    assert not (tmp_path / "curves.png").exists()
+    # every 200th update and the last logged one (345); means over seeds; the best, earliest of equals
+    assert capsys.readouterr().out.splitlines() == [
+        "RTE, dev metric ×100 (mean over seeds):", "",
+        "| run | seeds | 200 | 345 | best (update) |", "|---|---|---|---|---|",
+        "| adalora r2 | 2 | 70.00 | 80.00 | 85.00 (300) |",
+        "| vilora r2 | 1 | 80.00 |  | 80.00 (200) |"]
+    with pytest.raises(SystemExit):
+        plot_curves.main([str(tmp_path), "--table", "0"])
+    assert "--table must be a positive number of updates" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------- the real training script
 def _run_glue_utils():
     sys.path.insert(0, str(REPO / "tests"))
