@@ -78,6 +78,12 @@ def runtime_min(run: Run) -> float:
     return json.loads((run.path / "all_results.json").read_text())["train_runtime_s"] / 60
 
 
+def paired(cells: dict[tuple[str, str], dict[str, Run]], a: str, b: str, task: str) -> list[tuple[Run, Run]]:
+    """The runs of methods `a` and `b` on `task` with the same seed, in seed order."""
+    first, second = cells.get((a, task), {}), cells.get((b, task), {})
+    return [(first[s], second[s]) for s in sorted(set(first) & set(second), key=int)]
+
+
 def same_decisions(a: Run, b: Run) -> tuple[int, int, float] | None:
     """(triplets kept or pruned alike, triplets, how many two random patterns keeping as many as each would
     share on average) between two runs' final rank patterns (rank_pattern.json); None when either has none or
@@ -108,12 +114,10 @@ def report(root: Path, peer: Path | None, glue_dir: Path | None) -> str:
             "", "| comparison | task | difference | wins / seeds |", "|---|---|---|---|"]
     for a, b, what in PAIRS:
         for t in TASKS:
-            first, second = cells.get((a, t), {}), cells.get((b, t), {})
-            seeds = sorted(set(first) & set(second), key=int)
-            if seeds:
-                d = [first[s].values[0] - second[s].values[0] for s in seeds]
-                wins = sum(x > 0 for x in d)
-                out.append(f"| {_cell(what)} | {TASK_HEADERS[t]} | {_fmt(d)} | {wins} / {len(seeds)} |")
+            d = [x.values[0] - y.values[0] for x, y in paired(cells, a, b, t)]
+            if d:
+                wins = sum(v > 0 for v in d)
+                out.append(f"| {_cell(what)} | {TASK_HEADERS[t]} | {_fmt(d)} | {wins} / {len(d)} |")
 
     out += ["", "Train time per run (minutes, mean over seeds; 1-thread processes sharing 2 cores with other work):",
             "", "| method | " + " | ".join(TASK_HEADERS[t] for t in TASKS) + " |", "|---" * (len(TASKS) + 1) + "|"]
@@ -126,9 +130,7 @@ def report(root: Path, peer: Path | None, glue_dir: Path | None) -> str:
     rows = []
     for a, b in RANK_PAIRS:
         for t in TASKS:
-            first, second = cells.get((a, t), {}), cells.get((b, t), {})
-            counts = [c for s in sorted(set(first) & set(second), key=int)
-                      if (c := same_decisions(first[s], second[s])) is not None]
+            counts = [c for x, y in paired(cells, a, b, t) if (c := same_decisions(x, y)) is not None]
             if counts:
                 rows.append(f"| `{a}` | `{b}` | {TASK_HEADERS[t]} | {', '.join(str(c[0]) for c in counts)} "
                             f"of {counts[0][1]} | {', '.join(f'{c[2]:.1f}' for c in counts)} |")

@@ -95,6 +95,17 @@ def collect(root: Path, task: str | None = None, rank: str | None = None
     return curves
 
 
+def logged(root: Path, task: str | None = None, rank: str | None = None
+           ) -> tuple[dict[str, dict[str, list[dict[int, float]]]], list[str]]:
+    """`collect`'s curves and the tasks that have any, in the tables' order; ValueError if none has."""
+    curves = collect(root, task, rank)
+    tasks = [t for t in TASKS if t in curves]
+    if not tasks:
+        raise ValueError(f"no eval lines in any log.jsonl under {root}"
+                         + (f" for task {task}" if task else "") + (f" at rank {rank}" if rank else ""))
+    return curves, tasks
+
+
 def band(seed_curves: list[dict[int, float]], kind: str) -> tuple[np.ndarray, ...]:
     """(steps, mean, low, high) over the seeds that logged each step; low/high: min/max or mean ± std."""
     steps = sorted(set().union(*seed_curves))
@@ -115,11 +126,7 @@ def band(seed_curves: list[dict[int, float]], kind: str) -> tuple[np.ndarray, ..
 def plot_curves(root: Path, out: Path, task: str | None = None, rank: str | None = None,
                 kind: str = "minmax") -> Path:
     """Draw one panel per task into ``out`` (PNG) and return ``out``; ValueError if nothing was logged."""
-    curves = collect(root, task, rank)
-    tasks = [t for t in TASKS if t in curves]
-    if not tasks:
-        raise ValueError(f"no eval lines in any log.jsonl under {root}"
-                         + (f" for task {task}" if task else "") + (f" at rank {rank}" if rank else ""))
+    curves, tasks = logged(root, task, rank)
     labels = sorted({label for t in tasks for label in curves[t]})
     colours = {label: plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")(i) for i, label in
                enumerate(labels)}
@@ -154,11 +161,7 @@ def plot_curves(root: Path, out: Path, task: str | None = None, rank: str | None
 def curve_table(root: Path, every: int, task: str | None = None, rank: str | None = None) -> str:
     """Markdown, one table per task: the mean curve of each method at every `every`-th update and at its last
     logged update, and its best value (update); ValueError if nothing was logged."""
-    curves = collect(root, task, rank)
-    tasks = [t for t in TASKS if t in curves]
-    if not tasks:
-        raise ValueError(f"no eval lines in any log.jsonl under {root}"
-                         + (f" for task {task}" if task else "") + (f" at rank {rank}" if rank else ""))
+    curves, tasks = logged(root, task, rank)
     out = []
     for t in tasks:
         means = {}  # label -> step -> mean over the seeds that logged it
