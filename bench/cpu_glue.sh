@@ -9,8 +9,8 @@
 #   GLUE_DIR=../shared/glue bash bench/cpu_glue.sh
 #
 # Knobs: GLUE_DIR (default ../shared/glue), OUTPUT_ROOT (default outputs/cpu_glue_k4), SEEDS (2021 2022 2023),
-# TASKS (rte mrpc stsb cola), CRITERION_TASKS (mrpc stsb), METHODS (lora_all,adalora,adalora_ivon_clr,vilora_clr),
-# and every knob of scripts/launch.sh. Finished runs are skipped, so the grid can be run in parts (e.g.
+# TASKS (rte mrpc stsb cola), CRITERION_TASKS (mrpc stsb; empty: no criterion sweep), METHODS
+# (lora_all,adalora,adalora_ivon_clr,vilora_clr), and every knob of scripts/launch.sh. Finished runs are skipped, so the grid can be run in parts (e.g.
 # TASKS=rte first), and every run checkpoints every 200 updates and resumes from its latest checkpoint, so a run
 # stopped part-way (a session's end) continues where it was when the grid is started again on the same machine;
 # resuming is exact, so the result is the uninterrupted run's. EXTRA_ARGS are appended after these flags.
@@ -46,8 +46,10 @@ for seed in $SEEDS; do
     SEEDS="$seed" TASKS="${TASKS:-rte mrpc stsb cola}" "$repo/scripts/launch.sh" \
         "${METHODS:-lora_all,adalora,adalora_ivon_clr,vilora_clr}" || status=$?
     # SNR(|θ|) on these tasks is vilora_clr above; the criterion sweep adds the paper's three other scores.
-    SEEDS="$seed" TASKS="${CRITERION_TASKS:-mrpc stsb}" CRITERIA="${CRITERIA:-SNR mean sigma}" "$repo/scripts/launch.sh" \
-        vilora_clr_criterion || status=$?
+    if [ -n "${CRITERION_TASKS-mrpc stsb}" ]; then
+        SEEDS="$seed" TASKS="${CRITERION_TASKS-mrpc stsb}" CRITERIA="${CRITERIA:-SNR mean sigma}" \
+            "$repo/scripts/launch.sh" vilora_clr_criterion || status=$?
+    fi
 done
 if [ "${DRY_RUN:-0}" != "1" ]; then
     "$PYTHON" "$repo/scripts/summarize.py" "$OUTPUT_ROOT"

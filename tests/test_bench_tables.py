@@ -58,6 +58,22 @@ def test_grid_dry_run_lists_66_runs(glue_dir):
     assert all(c.endswith(" --checkpointing_steps 200 --resume_from_checkpoint latest") for c in commands)
 
 
+def test_grid_in_parts_without_the_criterion_sweep(glue_dir):
+    """CRITERION_TASKS empty: only METHODS x TASKS x SEEDS, in seed order (a paired comparison can be run seed by
+    seed before the rest of the grid)."""
+    out = subprocess.run(["bash", str(REPO / "bench" / "cpu_glue.sh")], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "DRY_RUN": "1", "GLUE_DIR": str(glue_dir),
+                              "PYTHON": sys.executable, "MODEL": "/some/minilm", "OUTPUT_ROOT": "/tmp/none",
+                              "METHODS": "vilora_clr,adalora_ivon_clr", "TASKS": "mrpc", "SEEDS": "2022 2023",
+                              "CRITERION_TASKS": ""},
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    commands = [line.split() for line in out.stdout.splitlines() if "run_glue_no_trainer.py" in line]
+    runs = [(c[c.index("--seed") + 1], "--use_ivon" in c, "--vilora_criterion" in c) for c in commands]
+    assert len(runs) == 4 and [r[0] for r in runs] == ["2022", "2022", "2023", "2023"]
+    assert all(ivon for _, ivon, _ in runs) and not any(crit for *_, crit in runs)
+
+
 def test_peer_grid_runs_the_grid_commands_with_the_peer(glue_dir):
     """bench/cpu_glue_peer.sh: the grid's LoRA and AdaLoRA MRPC commands, word for word, except for the interpreter,
     the script (the peer's adapters in our training script), the output root and the grid's checkpointing (the peer
