@@ -138,7 +138,7 @@ def plot_curves(root: Path, out: Path, task: str | None = None, rank: str | None
         for label, seed_curves in sorted(curves[t].items()):
             steps, mean, low, high = band(seed_curves, kind)
             ax.plot(steps, mean, marker="." if len(steps) < 30 else None, color=colours[label],
-                    label=f"{label} ({len(seed_curves)} seeds)")
+                    label=f"{label} ({len(seed_curves)} seed{'' if len(seed_curves) == 1 else 's'})")
             if len(seed_curves) > 1:
                 ax.fill_between(steps, low, high, color=colours[label], alpha=0.2, linewidth=0)
         ax.set_title(TASK_HEADERS[t].split()[0] + (" (matched)" if t == "mnli" else ""))
