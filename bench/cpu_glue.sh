@@ -10,10 +10,11 @@
 #
 # Knobs: GLUE_DIR (default ../shared/glue), OUTPUT_ROOT (default outputs/cpu_glue_k4), SEEDS (2021 2022 2023),
 # TASKS (rte mrpc stsb cola), CRITERION_TASKS (mrpc stsb; empty: no criterion sweep), METHODS
-# (lora_all,adalora,adalora_ivon_clr,vilora_clr), and every knob of scripts/launch.sh. Finished runs are skipped, so the grid can be run in parts (e.g.
-# TASKS=rte first), and every run checkpoints every 200 updates and resumes from its latest checkpoint, so a run
-# stopped part-way (a session's end) continues where it was when the grid is started again on the same machine;
-# resuming is exact, so the result is the uninterrupted run's. EXTRA_ARGS are appended after these flags.
+# (lora_all,adalora,adalora_ivon_clr,vilora_clr), and every knob of scripts/launch.sh. Finished runs are skipped,
+# so the grid can be run in parts (e.g. TASKS=rte first), and every run checkpoints every 200 updates and resumes
+# from its latest checkpoint, so a run stopped part-way (a session's end) continues where it was when the grid is
+# started again on the same machine; resuming is exact, so the result is the uninterrupted run's. EXTRA_ARGS are
+# appended after these flags.
 # Two copies started side by side (OMP_NUM_THREADS=1 each, the fastest use of 2 cores) share the grid: each
 # skips the run the other is training (its folder is locked: "busy") and takes the next.
 # It ends with the table of scripts/summarize.py (also OUTPUT_ROOT/summary.md).
@@ -40,14 +41,15 @@ if [ ! -d "$GLUE_DIR" ]; then
     exit 2
 fi
 
+criterion_tasks="${CRITERION_TASKS-mrpc stsb}"  # unset: the default; set but empty: no criterion sweep
 status=0
 # Seed by seed, so that a grid stopped part-way has every method and task for the first seeds.
 for seed in $SEEDS; do
     SEEDS="$seed" TASKS="${TASKS:-rte mrpc stsb cola}" "$repo/scripts/launch.sh" \
         "${METHODS:-lora_all,adalora,adalora_ivon_clr,vilora_clr}" || status=$?
     # SNR(|θ|) on these tasks is vilora_clr above; the criterion sweep adds the paper's three other scores.
-    if [ -n "${CRITERION_TASKS-mrpc stsb}" ]; then
-        SEEDS="$seed" TASKS="${CRITERION_TASKS-mrpc stsb}" CRITERIA="${CRITERIA:-SNR mean sigma}" \
+    if [ -n "$criterion_tasks" ]; then
+        SEEDS="$seed" TASKS="$criterion_tasks" CRITERIA="${CRITERIA:-SNR mean sigma}" \
             "$repo/scripts/launch.sh" vilora_clr_criterion || status=$?
     fi
 done

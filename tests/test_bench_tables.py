@@ -42,13 +42,18 @@ def test_rows_are_the_paper_rows_a_quarter_as_long():
     assert set(rows) == {"lora_all", "adalora", "adalora_ivon_clr", "vilora_clr", "vilora_clr_criterion"}
 
 
-def test_grid_dry_run_lists_66_runs(glue_dir):
-    out = subprocess.run(["bash", str(REPO / "bench" / "cpu_glue.sh")], capture_output=True, text=True,
+def dry_run(glue_dir: Path, script: str, **env: str) -> list[str]:
+    """The lines a bench script prints with DRY_RUN=1 (its commands, one per line), comments left out; the
+    model is /some/minilm and the interpreter this one, unless `env` says otherwise."""
+    out = subprocess.run(["bash", str(REPO / "bench" / script)], capture_output=True, text=True, timeout=120,
                          env={"PATH": "/usr/bin:/bin", "DRY_RUN": "1", "GLUE_DIR": str(glue_dir),
-                              "PYTHON": sys.executable, "MODEL": "/some/minilm", "OUTPUT_ROOT": "/tmp/none"},
-                         timeout=120)
+                              "PYTHON": sys.executable, "MODEL": "/some/minilm"} | env)
     assert out.returncode == 0, out.stderr
-    commands = [line for line in out.stdout.splitlines() if "run_glue_no_trainer.py" in line]
+    return [line for line in out.stdout.splitlines() if line and not line.startswith("#")]
+
+
+def test_grid_dry_run_lists_66_runs(glue_dir):
+    commands = [c for c in dry_run(glue_dir, "cpu_glue.sh", OUTPUT_ROOT="/tmp/none") if "run_glue_no_trainer.py" in c]
     # tasks x methods x seeds + (MRPC, STS-B) x 3 other criteria x seeds
     assert len(commands) == 4 * 4 * 3 + 2 * 3 * 3
     assert all("--model_name_or_path /some/minilm" in c for c in commands)
@@ -61,14 +66,9 @@ def test_grid_dry_run_lists_66_runs(glue_dir):
 def test_grid_in_parts_without_the_criterion_sweep(glue_dir):
     """CRITERION_TASKS empty: only METHODS x TASKS x SEEDS, in seed order (a paired comparison can be run seed by
     seed before the rest of the grid)."""
-    out = subprocess.run(["bash", str(REPO / "bench" / "cpu_glue.sh")], capture_output=True, text=True,
-                         env={"PATH": "/usr/bin:/bin", "DRY_RUN": "1", "GLUE_DIR": str(glue_dir),
-                              "PYTHON": sys.executable, "MODEL": "/some/minilm", "OUTPUT_ROOT": "/tmp/none",
-                              "METHODS": "vilora_clr,adalora_ivon_clr", "TASKS": "mrpc", "SEEDS": "2022 2023",
-                              "CRITERION_TASKS": ""},
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    commands = [line.split() for line in out.stdout.splitlines() if "run_glue_no_trainer.py" in line]
+    lines = dry_run(glue_dir, "cpu_glue.sh", OUTPUT_ROOT="/tmp/none", METHODS="vilora_clr,adalora_ivon_clr",
+                    TASKS="mrpc", SEEDS="2022 2023", CRITERION_TASKS="")
+    commands = [line.split() for line in lines if "run_glue_no_trainer.py" in line]
     runs = [(c[c.index("--seed") + 1], "--use_ivon" in c, "--vilora_criterion" in c) for c in commands]
     assert len(runs) == 4 and [r[0] for r in runs] == ["2022", "2022", "2023", "2023"]
     assert all(ivon for _, ivon, _ in runs) and not any(crit for *_, crit in runs)
@@ -78,22 +78,14 @@ def test_peer_grid_runs_the_grid_commands_with_the_peer(glue_dir):
     """bench/cpu_glue_peer.sh: the grid's LoRA and AdaLoRA MRPC commands, word for word, except for the interpreter,
     the script (the peer's adapters in our training script), the output root and the grid's checkpointing (the peer
     has no allocator state to save)."""
-    env = {"PATH": "/usr/bin:/bin", "DRY_RUN": "1", "GLUE_DIR": str(glue_dir), "PYTHON": sys.executable,
-           "MODEL": "/some/minilm"}
-
-    def dry_run(script, **extra):
-        out = subprocess.run(["bash", str(REPO / "bench" / script)], capture_output=True, text=True,
-                             env=env | extra, timeout=120)
-        assert out.returncode == 0, out.stderr
-        return [line.split() for line in out.stdout.splitlines() if line and not line.startswith("#")]
-
-    ours = dry_run("cpu_glue.sh", OUTPUT_ROOT="/tmp/ours", TASKS="mrpc", METHODS="lora_all,adalora",
-                   CRITERION_TASKS="mrpc")
+    ours = [c.split() for c in dry_run(glue_dir, "cpu_glue.sh", OUTPUT_ROOT="/tmp/ours", TASKS="mrpc",
+                                       METHODS="lora_all,adalora", CRITERION_TASKS="mrpc")]
     ours = [c for c in ours if "--task_name" in c and c[c.index("--task_name") + 1] == "mrpc"
             and "--vilora_criterion" not in c and "--use_ivon" not in c]
     assert all(c[-4:] == ["--checkpointing_steps", "200", "--resume_from_checkpoint", "latest"] for c in ours)
     ours = [c[:-4] for c in ours]
-    peer = dry_run("cpu_glue_peer.sh", OUTPUT_ROOT="/tmp/peer", HF_PEFT_PYTHON=sys.executable)
+    peer = [c.split() for c in dry_run(glue_dir, "cpu_glue_peer.sh", OUTPUT_ROOT="/tmp/peer",
+                                       HF_PEFT_PYTHON=sys.executable)]
     assert len(peer) == 2 * 3 and len(ours) == 2 * 3  # LoRA and AdaLoRA x 3 seeds
     for p, o in zip(peer, ours):
         assert p[1] == str(REPO / "bench" / "peer_hf_peft.py") and o[1] == str(REPO / "run_glue_no_trainer.py")
