@@ -7,7 +7,7 @@ Prints markdown: (1) every method on every task, mean ± sample std over seeds w
 majority-class score (read from the dev sets when --glue_dir is given); (2) the comparisons the paper's claims
 rest on, each paired by seed (the same seed gives both runs the same data order and initialisation): VILoRA's
 SNR(|θ|) against AdaLoRA's sensitivity with the same IVON and schedule, and the magnitude score |μ| against
-the variance score 1/σ; (3) train time per run; (4) how often two adaptive runs of the same seed end with the
+the variance score 1/σ; (3) train time per run, and VILoRA's over AdaLoRA's paired by seed; (4) how often two adaptive runs of the same seed end with the
 same kept/pruned decision for a triplet (their rank_pattern.json); (5) with --peer, Hugging Face PEFT's LoRA and
 AdaLoRA beside ours, seed by seed. Runs are found and read by scripts/summarize.py (the same rules and metrics: RTE and MRPC
 accuracy, STS-B Pearson, CoLA Matthews correlation). Nothing is written.
@@ -36,6 +36,9 @@ PAIRS = [("vilora_clr", "adalora_ivon_clr", "posterior SNR(|θ|) − sensitivity
          ("vilora_clr_criterion-mean", "vilora_clr_criterion-sigma", "magnitude |μ| − variance 1/σ"),
          ("vilora_clr", "vilora_clr_criterion-SNR", "SNR(|θ|) − |μ|/σ"),
          ("vilora_clr", "adalora", "VILoRA − AdaLoRA + AdamW (schedules differ, see text)")]
+# (first, second, what) whose train times are compared seed by seed: the paper's "faster alternative" claim
+TIME_PAIRS = [("vilora_clr", "adalora", "VILoRA / AdaLoRA + AdamW"),
+              ("vilora_clr", "adalora_ivon_clr", "VILoRA / AdaLoRA + IVON")]
 # pairs of adaptive runs whose final rank patterns are compared, triplet by triplet
 RANK_PAIRS = [("vilora_clr", "adalora_ivon_clr"), ("adalora", "adalora_ivon_clr"),
               ("vilora_clr_criterion-mean", "vilora_clr_criterion-sigma"), ("vilora_clr", "vilora_clr_criterion-mean"),
@@ -126,6 +129,16 @@ def report(root: Path, peer: Path | None, glue_dir: Path | None) -> str:
         if any(row):
             out.append(f"| `{method}` | " + " | ".join(
                 f"{statistics.fmean(runtime_min(r) for r in c.values()):.0f}" if c else "" for c in row) + " |")
+    rows = []
+    for a, b, what in TIME_PAIRS:
+        for t in TASKS:
+            ratios = [runtime_min(x) / runtime_min(y) for x, y in paired(cells, a, b, t)]
+            if ratios:
+                rows.append(f"| {what} | {TASK_HEADERS[t]} | {', '.join(f'{v:.3f}' for v in ratios)} | "
+                            f"{statistics.fmean(ratios):.3f} |")
+    if rows:
+        out += ["", "Train time ratio, paired by seed (per seed, in seed order, and their mean):", "",
+                "| ratio | task | per seed | mean |", "|---|---|---|---|", *rows]
 
     rows = []
     for a, b in RANK_PAIRS:

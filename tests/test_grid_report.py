@@ -29,6 +29,20 @@ def test_tables_and_paired_differences(tmp_path, capsys):
     assert "| posterior SNR(\\|θ\\|) − sensitivity, both IVON | MRPC acc | 1.67 ± 3.51 (3) | 2 / 3 |" in text
     assert "STS-B Pearson | " not in text.split("Paired by seed")[1].split("Train time")[0]
     assert "| `vilora_clr` |  | 20 | 10 |  |" in text and "| `adalora_ivon_clr` |  | 30 |  |  |" in text
+    assert "| VILoRA / AdaLoRA + IVON | MRPC acc | 0.667, 0.667, 0.667 | 0.667 |" in text
+    assert "VILoRA / AdaLoRA + AdamW" not in text  # no AdamW runs: no such ratio
+
+
+def test_train_time_ratio_paired_by_seed(tmp_path, capsys):
+    report = import_bench("grid_report")
+    root = tmp_path / "grid"
+    for seed, (vil, ada) in zip((2021, 2022), ((1000, 800), (900, 1000))):
+        _run(root, "vilora_clr", "stsb", seed, 0.86, runtime=vil)
+        _run(root, "adalora", "stsb", seed, 0.85, runtime=ada)
+    _run(root, "adalora", "stsb", 2023, 0.85, runtime=5000)  # no VILoRA partner: not in the ratio
+    assert report.main([str(root)]) == 0
+    text = capsys.readouterr().out
+    assert "| VILoRA / AdaLoRA + AdamW | STS-B Pearson | 1.250, 0.900 | 1.075 |" in text
 
 
 def test_peer_rows_beside_ours_and_majority_class(tmp_path, capsys, glue_dir):
