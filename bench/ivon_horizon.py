@@ -4,9 +4,12 @@
 
 For every checkpoint ``RUN_DIR/checkpoints/step_<n>/`` of an IVON run (``--checkpointing_steps``), prints one
 row per parameter kind, adapters (lora_A/E/B, the elements the posterior scores rank) and the rest (the
-classification head): the Hessian's mean, the medians of σ = 1/sqrt(ess (h + δ)), |μ| and |μ|/σ, the share
-of elements whose last step the clip radius cut, and the RMS distance of the means from the run's start;
-with the dev metric logged at that update. This is the evidence behind scripts/short_horizon.py.
+classification head): the Hessian's mean, the medians of σ = 1/sqrt(ess (h + δ)), |μ| and |μ|/σ, how widely σ
+and |μ| vary between elements (95th over 5th percentile), the share of elements whose last step the clip radius cut, and the RMS distance of the means from the run's start;
+with the dev metric logged at that update. A finished run adds a row "final" for its adapters, read from the
+saved adapter (adapter_model.safetensors, the kept triplets) and ivon_state.pt, so a run without checkpoints
+still shows where its posterior ended; that row has no clip share or distance (the saved state has neither the
+step count nor the starting point). This is the evidence behind scripts/short_horizon.py.
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ def checkpoint_stats(ckpt: Path) -> dict[str, dict[str, float]]:
     opt = _load(ckpt / "optimizer.pt")
     start = _load(ckpt / "start_means.pt") if (ckpt / "start_means.pt").is_file() else None
     group = opt["param_groups"][0]
+    if "hess" not in group:
+        raise ValueError(f"{ckpt}: its optimizer state has no IVON Hessian (not an IVON run)")
     step = opt["state"].get("current_step", 0)
     hess, momentum = group["hess"].float(), group["momentum"].float()
     wd, ess, clip = group["weight_decay"], group["ess"], group["clip_radius"]
@@ -52,9 +57,36 @@ def checkpoint_stats(ckpt: Path) -> dict[str, dict[str, float]]:
                                    ess=ess, weight_decay=wd, debias=debias, clip_radius=clip)
         out[kind] = {"hess_mean": hess[pick].mean().item(), "sigma_median": stats["post_sigma_median"],
                      "absmu_median": stats["post_absmu_median"], "snr_median": stats["post_snr_median"],
-                     "clip_fraction": stats["clip_fraction"]} | \
+                     "clip_fraction": stats["clip_fraction"], "sigma_spread": stats["post_sigma_spread"],
+                     "absmu_spread": stats["post_absmu_spread"]} | \
             ({"shift_rms": stats["mean_shift_rms"]} if "mean_shift_rms" in stats else {})
     return out
+
+
+def final_stats(run: Path) -> dict[str, float] | None:
+    """IVON statistics of a finished run's adapters (kept triplets), from its saved adapter and ivon_state.pt;
+    None when the run saved no IVON state."""
+    from safetensors.torch import load_file
+
+    from glue_run.ivon_files import read_ivon_state
+
+    if not (run / "ivon_state.pt").is_file() or not (run / "adapter_model.safetensors").is_file():
+        return None
+    saved = read_ivon_state(run / "ivon_state.pt")
+    weights = load_file(run / "adapter_model.safetensors")
+    mus, hess = [], []
+    for name, state in saved["params"].items():  # adapter tensors: "<module>.lora_A.<adapter name>"
+        if ".lora_" in name:
+            mus.append(weights[name.rsplit(".", 1)[0]].reshape(-1).float())
+            hess.append(state["hess"].reshape(-1).float())
+    if not mus:
+        return None
+    mu, h = torch.cat(mus), torch.cat(hess)
+    stats = ivon_element_stats(mu, h, torch.zeros_like(mu), None, ess=saved["ess"],
+                               weight_decay=saved["weight_decay"], debias=1.0, clip_radius=math.inf)
+    return {"hess_mean": h.mean().item(), "sigma_median": stats["post_sigma_median"],
+            "sigma_spread": stats["post_sigma_spread"], "absmu_median": stats["post_absmu_median"],
+            "absmu_spread": stats["post_absmu_spread"], "snr_median": stats["post_snr_median"]}
 
 
 def eval_by_step(run: Path) -> dict[int, float]:
@@ -73,19 +105,26 @@ def eval_by_step(run: Path) -> dict[int, float]:
     return found
 
 
+def _row(step: str, kind: str, r: dict[str, float], metric: float | None) -> str:
+    clip, shift = r.get("clip_fraction"), r.get("shift_rms")
+    return (f"| {step} | {kind} | {r['hess_mean']:.4f} | {r['sigma_median']:.4f} | {r['sigma_spread']:.4f} | "
+            f"{r['absmu_median']:.4f} | {r['absmu_spread']:.1f} | {r['snr_median']:.2f} | "
+            f"{'' if clip is None else f'{clip:.3f}'} | {'' if shift is None else f'{shift:.4f}'} | "
+            f"{'' if metric is None else f'{100 * metric:.2f}'} |")
+
+
 def report(run: Path) -> str:
     ckpts = sorted((run / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:]))
     evals = eval_by_step(run)
-    lines = [f"### {run}", "", "| update | kind | h mean | σ median | \\|μ\\| median | \\|μ\\|/σ median | clipped | "
-             "shift RMS | dev metric |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"### {run}", "", "| update | kind | h mean | σ median | σ p95/p5 | \\|μ\\| median | \\|μ\\| p95/p5 | "
+             "\\|μ\\|/σ median | clipped | shift RMS | dev metric |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for ckpt in ckpts:
         step = int(ckpt.name[5:])
         for kind, r in checkpoint_stats(ckpt).items():
-            metric = evals.get(step)
-            lines.append(f"| {step} | {kind} | {r['hess_mean']:.4f} | {r['sigma_median']:.4f} | "
-                         f"{r['absmu_median']:.4f} | {r['snr_median']:.2f} | {r['clip_fraction']:.3f} | "
-                         f"{r.get('shift_rms', math.nan):.4f} | "
-                         f"{'' if metric is None or kind != 'adapters' else f'{100 * metric:.2f}'} |")
+            lines.append(_row(str(step), kind, r, evals.get(step) if kind == "adapters" else None))
+    final = final_stats(run)
+    if final is not None:
+        lines.append(_row("final", "adapters", final, evals[max(evals)] if evals else None))
     return "\n".join(lines)
 
 
@@ -95,10 +134,16 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
     for run in runs:
-        if not (run / "checkpoints").is_dir():
-            print(f"ivon_horizon: error: {run} has no checkpoints/ (run with --checkpointing_steps)", file=sys.stderr)
+        if not (run / "checkpoints").is_dir() and not (run / "ivon_state.pt").is_file():
+            print(f"ivon_horizon: error: {run} has neither checkpoints/ (run with --checkpointing_steps) nor a saved "
+                  "IVON state (ivon_state.pt, written when an IVON run ends)", file=sys.stderr)
             return 2
-        print(report(run) + "\n")
+        try:
+            text = report(run)
+        except ValueError as e:
+            print(f"ivon_horizon: error: {e}", file=sys.stderr)
+            return 2
+        print(text + "\n")
     return 0
 
 

@@ -12,6 +12,9 @@ def posterior_stats(run) -> dict[str, float]:
     trainable element for full fine-tuning), the ones the posterior scores rank:
 
     * ``post_sigma_median``, ``post_absmu_median``, ``post_snr_median``: medians of σ, |μ| and |μ|/σ;
+    * ``post_sigma_spread``, ``post_absmu_spread``: the 95th over the 5th percentile of σ and of |μ|. While σ
+      hardly varies between elements (IVON's Hessian still at hess_init), |μ|/σ ranks them as |μ| does and
+      1/σ carries almost no information;
     * ``clip_fraction``: share of elements whose last step was cut by the clip radius, i.e.
       |(m/d + δμ)/(h + δ)| >= clip_radius, recomputed from the state after the step;
     * ``mean_shift_rms``: the root mean square distance of the means from where this run started (its first
@@ -44,6 +47,14 @@ def posterior_stats(run) -> dict[str, float]:
                               clip_radius=opt.param_groups[0]["clip_radius"])
 
 
+def spread(x: torch.Tensor) -> float:
+    """The 95th over the 5th percentile of a flat non-negative tensor (inf when the 5th is 0); nearest-rank
+    percentiles by kthvalue, which, unlike torch.quantile, takes any size (full fine-tuning's 22M elements)."""
+    n = x.numel()
+    low, high = (x.kthvalue(max(1, min(n, round(q * n)))).values.item() for q in (0.05, 0.95))
+    return high / low if low > 0 else float("inf")
+
+
 def ivon_element_stats(mu: torch.Tensor, hess: torch.Tensor, momentum: torch.Tensor, start: torch.Tensor | None, *,
                        ess: float, weight_decay: float, debias: float, clip_radius: float) -> dict[str, float]:
     """posterior_stats' numbers from flat float tensors of means, Hessian, momentum and starting means (None:
@@ -51,7 +62,8 @@ def ivon_element_stats(mu: torch.Tensor, hess: torch.Tensor, momentum: torch.Ten
     sigma = 1.0 / torch.sqrt(ess * (hess + weight_decay))
     clipped = ((momentum / debias + weight_decay * mu) / (hess + weight_decay)).abs() >= clip_radius
     stats = {"post_sigma_median": sigma.median().item(), "post_absmu_median": mu.abs().median().item(),
-             "post_snr_median": (mu.abs() / sigma).median().item(), "clip_fraction": clipped.float().mean().item()}
+             "post_snr_median": (mu.abs() / sigma).median().item(), "clip_fraction": clipped.float().mean().item(),
+             "post_sigma_spread": spread(sigma), "post_absmu_spread": spread(mu.abs())}
     if start is not None:
         stats["mean_shift_rms"] = (mu - start).square().mean().sqrt().item()
         stats["mean_shift_rel"] = stats["mean_shift_rms"] / max(start.square().mean().sqrt().item(), 1e-30)

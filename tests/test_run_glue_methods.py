@@ -3,6 +3,7 @@ from a saved adapter with its IVON Hessian, and evaluating a saved adapter."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -222,6 +223,12 @@ def test_a_mismatched_original_hessian_file_is_bad_input(tiny, tmp_path, capsys)
     assert "its Hessian has 7 elements" in capsys.readouterr().err
 
 
+def test_spread_is_the_95th_over_the_5th_percentile():
+    assert ivon_stats.spread(torch.arange(1.0, 101.0)[torch.randperm(100)]) == 95 / 5
+    assert ivon_stats.spread(torch.tensor([0.0] * 10 + [1.0] * 90)) == math.inf  # 5th percentile 0
+    assert ivon_stats.spread(torch.tensor([3.0])) == 1.0
+
+
 def test_posterior_stats_against_hand_values():
     """The IVON statistics of the log, on a real adapter and optimizer in states whose values are known."""
     import math
@@ -240,6 +247,7 @@ def test_posterior_stats_against_hand_values():
     stats = ivon_stats.posterior_stats(run)
     assert stats["post_sigma_median"] == pytest.approx(1 / math.sqrt(400 * (0.25 + 1e-8)), rel=1e-6)
     assert stats["mean_shift_rms"] == 0 and stats["clip_fraction"] == 0  # no step yet: zero momentum
+    assert stats["post_sigma_spread"] == 1.0  # every element's Hessian at hess_init: one σ for all
     expected = torch.cat([p.detach().abs().reshape(-1) for p in adapter]).median().item()
     assert stats["post_absmu_median"] == pytest.approx(expected)  # adapters only: the head is left out
     with torch.no_grad():
