@@ -13,8 +13,8 @@ def posterior_stats(run) -> dict[str, float]:
 
     * ``post_sigma_median``, ``post_absmu_median``, ``post_snr_median``: medians of σ, |μ| and |μ|/σ;
     * ``post_sigma_spread``, ``post_absmu_spread``: the 95th over the 5th percentile of σ and of |μ|. While σ
-      hardly varies between elements (IVON's Hessian still at hess_init), |μ|/σ ranks them as |μ| does and
-      1/σ carries almost no information;
+      hardly varies between elements (IVON's Hessian still near hess_init), |μ|/σ ranks them as |μ| does, and
+      1/σ ranks them by the small differences IVON's curvature estimates have made so far;
     * ``clip_fraction``: share of elements whose last step was cut by the clip radius, i.e.
       |(m/d + δμ)/(h + δ)| >= clip_radius, recomputed from the state after the step;
     * ``mean_shift_rms``: the root mean square distance of the means from where this run started (its first
