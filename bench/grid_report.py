@@ -4,13 +4,13 @@
                                 [--glue_dir ../shared/glue]
 
 Prints markdown: (1) every method on every task, mean ± sample std over seeds with the seed count, beside the
-majority-class score (read from the dev sets when --glue_dir is given); (2) the comparisons the paper's claims
-rest on, each paired by seed (the same seed gives both runs the same data order and initialisation): VILoRA's
-SNR(|θ|) against AdaLoRA's sensitivity with the same IVON and schedule, and the magnitude score |μ| against
-the variance score 1/σ; (3) train time per run, and VILoRA's over AdaLoRA's paired by seed; (4) how often two adaptive runs of the same seed end with the
-same kept/pruned decision for a triplet (their rank_pattern.json); (5) with --peer, Hugging Face PEFT's LoRA and
-AdaLoRA beside ours, seed by seed. Runs are found and read by scripts/summarize.py (the same rules and metrics: RTE and MRPC
-accuracy, STS-B Pearson, CoLA Matthews correlation). Nothing is written.
+majority-class score (read from the dev sets when --glue_dir is given); (2) the comparisons the paper's claims rest
+on, each paired by seed (the same seed gives both runs the same data order and initialisation): VILoRA's SNR(|θ|)
+against AdaLoRA's sensitivity with the same IVON and schedule, and the magnitude score |μ| against the variance
+score 1/σ; (3) train time per run, and VILoRA's over AdaLoRA's paired by seed; (4) how often two adaptive runs of
+the same seed end with the same kept/pruned decision for a triplet (their rank_pattern.json); (5) with --peer,
+Hugging Face PEFT's LoRA and AdaLoRA beside ours, seed by seed. Runs are found and read by scripts/summarize.py
+(the same rules and metrics: RTE and MRPC accuracy, STS-B Pearson, CoLA Matthews correlation). Nothing is written.
 """
 from __future__ import annotations
 
@@ -113,7 +113,8 @@ def report(root: Path, peer: Path | None, glue_dir: Path | None) -> str:
     if glue_dir is not None:
         out.append("| majority class | " + " | ".join(majority(t, glue_dir) for t in TASKS) + " |")
 
-    out += ["", "Paired by seed (difference of the dev metric, mean ± std over seeds; wins = seeds where the first is higher):",
+    out += ["", "Paired by seed (difference of the dev metric, mean ± std over seeds; wins = seeds where the first is "
+            "higher):",
             "", "| comparison | task | difference | wins / seeds |", "|---|---|---|---|"]
     for a, b, what in PAIRS:
         for t in TASKS:

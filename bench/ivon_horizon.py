@@ -2,14 +2,15 @@
 
     python bench/ivon_horizon.py RUN_DIR [RUN_DIR ...]
 
-For every checkpoint ``RUN_DIR/checkpoints/step_<n>/`` of an IVON run (``--checkpointing_steps``), prints one
-row per parameter kind, adapters (lora_A/E/B, the elements the posterior scores rank) and the rest (the
-classification head): the Hessian's mean, the medians of σ = 1/sqrt(ess (h + δ)), |μ| and |μ|/σ, how widely σ
-and |μ| vary between elements (95th over 5th percentile), the share of elements whose last step the clip radius
-cut, and the RMS distance of the means from the run's start; with the dev metric logged at that update. A finished run adds a row "final" for its adapters, read from the
-saved adapter (adapter_model.safetensors, the kept triplets) and ivon_state.pt, so a run without checkpoints
-still shows where its posterior ended; that row has no clip share or distance (the saved state has neither the
-step count nor the starting point). This is the evidence behind scripts/short_horizon.py.
+For every checkpoint ``RUN_DIR/checkpoints/step_<n>/`` of an IVON run (``--checkpointing_steps``), prints one row
+per parameter kind, adapters (lora_A/E/B, the elements the posterior scores rank) and the rest (the classification
+head): the Hessian's mean, the medians of σ = 1/sqrt(ess (h + δ)), |μ| and |μ|/σ, how widely σ and |μ| vary between
+elements (95th over 5th percentile), the share of elements whose last step the clip radius cut, and the RMS
+distance of the means from the run's start; with the dev metric logged at that update. A finished run adds a row
+"final" for its adapters, read from the saved adapter (adapter_model.safetensors, the kept triplets) and
+ivon_state.pt, so a run without checkpoints still shows where its posterior ended; that row has no clip share or
+distance (the saved state has neither the step count nor the starting point). This is the evidence behind
+scripts/short_horizon.py.
 """
 from __future__ import annotations
 
