@@ -4,7 +4,8 @@
 # LoRA, AdaLoRA (AdamW), AdaLoRA + IVON, VILoRA (SNR(|θ|)), and VILoRA's other criteria (|μ|/σ, |μ|, 1/σ)
 # on two tasks; 3 seeds; final average rank 2. Hyperparameters: bench/cpu_hparams.tsv, derived from
 # scripts/hparams.tsv by bench/make_cpu_hparams.py (the paper's rows 4 times shorter by the short-horizon rule of
-# scripts/short_horizon.py: 862-1,675 updates of batch 32, 30-65 minutes per run on one thread).
+# scripts/short_horizon.py: 862-1,675 updates of batch 32; on one thread about 40 minutes per MRPC or STS-B run,
+# 2.3 hours per RTE run (its pairs fill batches of ~180 tokens), about 60 hours of one core for the grid).
 #
 #   GLUE_DIR=../shared/glue bash bench/cpu_glue.sh
 #
