@@ -15,14 +15,14 @@ scripts/short_horizon.py.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from glue_run.ivon_stats import ivon_element_stats  # noqa: E402  the numbers the training script logs
+# the numbers the training script logs
+from glue_run.ivon_stats import ivon_element_stats, posterior_element_stats  # noqa: E402
 
 
 def _load(path: Path):
@@ -56,12 +56,19 @@ def checkpoint_stats(ckpt: Path) -> dict[str, dict[str, float]]:
         pick = torch.cat([torch.arange(s.start, s.stop) for s in slices])
         stats = ivon_element_stats(mu[pick], hess[pick], momentum[pick], None if start is None else start[pick],
                                    ess=ess, weight_decay=wd, debias=debias, clip_radius=clip)
-        out[kind] = {"hess_mean": hess[pick].mean().item(), "sigma_median": stats["post_sigma_median"],
-                     "absmu_median": stats["post_absmu_median"], "snr_median": stats["post_snr_median"],
-                     "clip_fraction": stats["clip_fraction"], "sigma_spread": stats["post_sigma_spread"],
-                     "absmu_spread": stats["post_absmu_spread"]} | \
-            ({"shift_rms": stats["mean_shift_rms"]} if "mean_shift_rms" in stats else {})
+        out[kind] = _columns(hess[pick], stats)
     return out
+
+
+# report's column -> the key of glue_run.ivon_stats' numbers (absent ones, e.g. the distance without a starting
+# point, are left out)
+_COLUMNS = {"sigma_median": "post_sigma_median", "sigma_spread": "post_sigma_spread",
+            "absmu_median": "post_absmu_median", "absmu_spread": "post_absmu_spread", "snr_median": "post_snr_median",
+            "clip_fraction": "clip_fraction", "shift_rms": "mean_shift_rms"}
+
+
+def _columns(hess: torch.Tensor, stats: dict[str, float]) -> dict[str, float]:
+    return {"hess_mean": hess.mean().item()} | {col: stats[key] for col, key in _COLUMNS.items() if key in stats}
 
 
 def final_stats(run: Path) -> dict[str, float] | None:
@@ -82,12 +89,8 @@ def final_stats(run: Path) -> dict[str, float] | None:
             hess.append(state["hess"].reshape(-1).float())
     if not mus:
         return None
-    mu, h = torch.cat(mus), torch.cat(hess)
-    stats = ivon_element_stats(mu, h, torch.zeros_like(mu), None, ess=saved["ess"],
-                               weight_decay=saved["weight_decay"], debias=1.0, clip_radius=math.inf)
-    return {"hess_mean": h.mean().item(), "sigma_median": stats["post_sigma_median"],
-            "sigma_spread": stats["post_sigma_spread"], "absmu_median": stats["post_absmu_median"],
-            "absmu_spread": stats["post_absmu_spread"], "snr_median": stats["post_snr_median"]}
+    h = torch.cat(hess)
+    return _columns(h, posterior_element_stats(torch.cat(mus), h, ess=saved["ess"], weight_decay=saved["weight_decay"]))
 
 
 def eval_by_step(run: Path) -> dict[int, float]:

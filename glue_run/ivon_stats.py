@@ -55,15 +55,23 @@ def spread(x: torch.Tensor) -> float:
     return high / low if low > 0 else float("inf")
 
 
+def posterior_element_stats(mu: torch.Tensor, hess: torch.Tensor, *, ess: float,
+                            weight_decay: float) -> dict[str, float]:
+    """The posterior's part of posterior_stats (the ``post_*`` numbers) from flat float tensors of means and
+    Hessian: what a saved adapter and its IVON state still tell, without momentum or a starting point."""
+    sigma = 1.0 / torch.sqrt(ess * (hess + weight_decay))
+    return {"post_sigma_median": sigma.median().item(), "post_absmu_median": mu.abs().median().item(),
+            "post_snr_median": (mu.abs() / sigma).median().item(), "post_sigma_spread": spread(sigma),
+            "post_absmu_spread": spread(mu.abs())}
+
+
 def ivon_element_stats(mu: torch.Tensor, hess: torch.Tensor, momentum: torch.Tensor, start: torch.Tensor | None, *,
                        ess: float, weight_decay: float, debias: float, clip_radius: float) -> dict[str, float]:
     """posterior_stats' numbers from flat float tensors of means, Hessian, momentum and starting means (None:
     no distance), for one set of IVON hyperparameters; bench/ivon_horizon.py computes them from checkpoints."""
-    sigma = 1.0 / torch.sqrt(ess * (hess + weight_decay))
     clipped = ((momentum / debias + weight_decay * mu) / (hess + weight_decay)).abs() >= clip_radius
-    stats = {"post_sigma_median": sigma.median().item(), "post_absmu_median": mu.abs().median().item(),
-             "post_snr_median": (mu.abs() / sigma).median().item(), "clip_fraction": clipped.float().mean().item(),
-             "post_sigma_spread": spread(sigma), "post_absmu_spread": spread(mu.abs())}
+    stats = posterior_element_stats(mu, hess, ess=ess, weight_decay=weight_decay)
+    stats["clip_fraction"] = clipped.float().mean().item()
     if start is not None:
         stats["mean_shift_rms"] = (mu - start).square().mean().sqrt().item()
         stats["mean_shift_rel"] = stats["mean_shift_rms"] / max(start.square().mean().sqrt().item(), 1e-30)
