@@ -35,6 +35,7 @@ METHODS = [("lora_all", "LoRA + AdamW"), ("adalora", "AdaLoRA + AdamW (sensitivi
 PAIRS = [("vilora_clr", "adalora_ivon_clr", "posterior SNR(|θ|) − sensitivity, both IVON"),
          ("vilora_clr_criterion-mean", "vilora_clr_criterion-sigma", "magnitude |μ| − variance 1/σ"),
          ("vilora_clr", "vilora_clr_criterion-SNR", "SNR(|θ|) − |μ|/σ"),
+         ("vilora_clr_criterion-SNR", "vilora_clr_criterion-mean", "|μ|/σ − |μ|"),
          ("vilora_clr", "adalora", "VILoRA − AdaLoRA + AdamW (schedules differ, see text)")]
 # (first, second, what) whose train times are compared seed by seed: the paper's "faster alternative" claim
 TIME_PAIRS = [("vilora_clr", "adalora", "VILoRA / AdaLoRA + AdamW"),
@@ -42,7 +43,8 @@ TIME_PAIRS = [("vilora_clr", "adalora", "VILoRA / AdaLoRA + AdamW"),
 # pairs of adaptive runs whose final rank patterns are compared, triplet by triplet
 RANK_PAIRS = [("vilora_clr", "adalora_ivon_clr"), ("adalora", "adalora_ivon_clr"),
               ("vilora_clr_criterion-mean", "vilora_clr_criterion-sigma"), ("vilora_clr", "vilora_clr_criterion-mean"),
-              ("vilora_clr", "vilora_clr_criterion-SNR"), ("vilora_clr", "vilora_clr_criterion-sigma")]
+              ("vilora_clr", "vilora_clr_criterion-SNR"), ("vilora_clr", "vilora_clr_criterion-sigma"),
+              ("vilora_clr_criterion-SNR", "vilora_clr_criterion-mean")]
 
 
 def _fmt(values: list[float]) -> str:

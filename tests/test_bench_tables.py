@@ -52,10 +52,15 @@ def dry_run(glue_dir: Path, script: str, **env: str) -> list[str]:
     return [line for line in out.stdout.splitlines() if line and not line.startswith("#")]
 
 
-def test_grid_dry_run_lists_66_runs(glue_dir):
+def test_grid_dry_run_lists_54_runs(glue_dir):
     commands = [c for c in dry_run(glue_dir, "cpu_glue.sh", OUTPUT_ROOT="/tmp/none") if "run_glue_no_trainer.py" in c]
-    # tasks x methods x seeds + (MRPC, STS-B) x 3 other criteria x seeds
-    assert len(commands) == 4 * 4 * 3 + 2 * 3 * 3
+    # (MRPC, STS-B, CoLA) x methods x seeds + (MRPC, STS-B) x 3 other criteria x seeds; RTE only when asked
+    assert len(commands) == 3 * 4 * 3 + 2 * 3 * 3
+    assert not any("--task_name rte" in c for c in commands)
+    rte = [c for c in dry_run(glue_dir, "cpu_glue.sh", OUTPUT_ROOT="/tmp/none", TASKS="rte", CRITERION_TASKS="")
+           if "run_glue_no_trainer.py" in c]
+    assert len(rte) == 4 * 3 and all("--task_name rte " in c for c in rte)
+    commands += rte
     assert all("--model_name_or_path /some/minilm" in c for c in commands)
     steps = {"rte": 975, "mrpc": 862, "stsb": 1125, "cola": 1675}
     assert all(f"--max_train_steps {steps[c.split('--task_name ')[1].split()[0]]}" in c for c in commands)
