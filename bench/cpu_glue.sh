@@ -50,9 +50,10 @@ status=0
 for seed in $SEEDS; do
     SEEDS="$seed" TASKS="${TASKS:-mrpc stsb cola}" "$repo/scripts/launch.sh" \
         "${METHODS:-lora_all,adalora,adalora_ivon_clr,vilora_clr}" || status=$?
-    # SNR(|θ|) on these tasks is vilora_clr above; the criterion sweep adds the paper's three other scores.
+    # SNR(|θ|) on these tasks is vilora_clr above; the criterion sweep adds the paper's three other scores, the
+    # variance score 1/σ first: on MiniLM |μ|/σ has run as |μ| does, update for update (bench/RESULTS.md).
     if [ -n "$criterion_tasks" ]; then
-        SEEDS="$seed" TASKS="$criterion_tasks" CRITERIA="${CRITERIA:-SNR mean sigma}" \
+        SEEDS="$seed" TASKS="$criterion_tasks" CRITERIA="${CRITERIA:-sigma mean SNR}" \
             "$repo/scripts/launch.sh" vilora_clr_criterion || status=$?
     fi
 done
