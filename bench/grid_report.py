@@ -79,8 +79,16 @@ def majority(task: str, glue_dir: Path) -> str:
     return f"{100 * majority_baseline(task, glue_dir)['accuracy']:.2f}"
 
 
-def runtime_min(run: Run) -> float:
-    return json.loads((run.path / "all_results.json").read_text())["train_runtime_s"] / 60
+def runtime_min(run: Run) -> float | None:
+    """Its training time in minutes; None when its all_results.json records none (a number is needed)."""
+    seconds = run.results.get("train_runtime_s")
+    ok = isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds)
+    return seconds / 60 if ok else None
+
+
+def _mean_minutes(runs: list[Run]) -> str:
+    minutes = [m for r in runs if (m := runtime_min(r)) is not None]
+    return f"{statistics.fmean(minutes):.0f}" if minutes else ""
 
 
 def paired(cells: dict[tuple[str, str], dict[str, Run]], a: str, b: str, task: str) -> list[tuple[Run, Run]]:
@@ -130,12 +138,12 @@ def report(root: Path, peer: Path | None, glue_dir: Path | None) -> str:
     for method, label in METHODS:
         row = [cells.get((method, t), {}) for t in TASKS]
         if any(row):
-            out.append(f"| `{method}` | " + " | ".join(
-                f"{statistics.fmean(runtime_min(r) for r in c.values()):.0f}" if c else "" for c in row) + " |")
+            out.append(f"| `{method}` | " + " | ".join(_mean_minutes(list(c.values())) for c in row) + " |")
     rows = []
     for a, b, what in TIME_PAIRS:
         for t in TASKS:
-            ratios = [runtime_min(x) / runtime_min(y) for x, y in paired(cells, a, b, t)]
+            pairs = [(runtime_min(x), runtime_min(y)) for x, y in paired(cells, a, b, t)]
+            ratios = [x / y for x, y in pairs if x is not None and y]
             if ratios:
                 rows.append(f"| {what} | {TASK_HEADERS[t]} | {', '.join(f'{v:.3f}' for v in ratios)} | "
                             f"{statistics.fmean(ratios):.3f} |")

@@ -88,6 +88,7 @@ class Run:
     seed: str  # the seed as a plain integer ("2" for a seed02/ folder)
     values: list[float]
     path: Path
+    results: dict = field(default_factory=dict, repr=False)  # all of its all_results.json
 
 
 @dataclass
@@ -228,7 +229,7 @@ def find_runs(root: Path, skipped: list[tuple[Path, str]] | None = None) -> list
                        f"{_shown(seen[method, rank, task, seed].relative_to(root))}")
             continue
         seen[method, rank, task, seed] = path
-        runs.append(Run(method, rank, task, seed, [100.0 * results[k] for k in keys], path.parent))
+        runs.append(Run(method, rank, task, seed, [100.0 * results[k] for k in keys], path.parent, results))
         nan = [k for k in keys if math.isnan(results[k])]
         if nan:
             print(f"summarize: note: {_shown(path)}: {', '.join(nan)} is NaN; its mean over seeds is nan",

@@ -81,3 +81,19 @@ def test_rank_patterns_compared_triplet_by_triplet(tmp_path, capsys):
     # Three of four kept in each: random patterns share (3*3 + 1*1) / 4 = 2.5 on average.
     assert "| `vilora_clr` | `adalora_ivon_clr` | MRPC acc | 2, 4 of 4 | 2.5, 2.5 |" in text
     assert "`vilora_clr_criterion-mean` | `vilora_clr_criterion-sigma`" not in text
+
+
+def test_a_run_without_a_train_time_is_reported_but_not_timed(tmp_path, capsys):
+    """An all_results.json without train_runtime_s (or with a non-number) keeps its metric row and drops out of
+    the time tables, instead of stopping the report."""
+    report = import_bench("grid_report")
+    root = tmp_path / "grid"
+    _run(root, "vilora_clr", "mrpc", 2021, 0.80, runtime=1200)
+    _run(root, "adalora_ivon_clr", "mrpc", 2021, 0.78, runtime=None)
+    _run(root, "vilora_clr", "mrpc", 2022, 0.79, runtime=1800)
+    _run(root, "adalora_ivon_clr", "mrpc", 2022, 0.77, runtime=900)
+    assert report.main([str(root)]) == 0
+    text = capsys.readouterr().out
+    assert "| AdaLoRA + IVON (sensitivity) (`adalora_ivon_clr`) |  | 77.50 ± 0.71 (2) |  |  |" in text
+    assert "| `adalora_ivon_clr` |  | 15 |  |  |" in text and "| `vilora_clr` |  | 25 |  |  |" in text
+    assert "| VILoRA / AdaLoRA + IVON | MRPC acc | 2.000 | 2.000 |" in text  # seed 2022 only
