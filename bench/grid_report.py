@@ -11,6 +11,7 @@ score 1/σ; (3) train time per run, and VILoRA's over AdaLoRA's paired by seed; 
 the same seed end with the same kept/pruned decision for a triplet (their rank_pattern.json); (5) with --peer,
 Hugging Face PEFT's LoRA and AdaLoRA beside ours, seed by seed. Runs are found and read by scripts/summarize.py
 (the same rules and metrics: RTE and MRPC accuracy, STS-B Pearson, CoLA Matthews correlation). Nothing is written.
+A folder that is missing or holds no finished rank-2 run is one line on stderr and exit status 2.
 """
 from __future__ import annotations
 
@@ -113,8 +114,17 @@ def same_decisions(a: Run, b: Run) -> tuple[int, int, float] | None:
     return sum(x == y for k in pa for x, y in zip(pa[k], pb[k])), n, chance
 
 
-def report(root: Path, peer: Path | None, glue_dir: Path | None) -> str:
+def _grid(root: Path) -> dict[tuple[str, str], dict[str, Run]]:
+    """`by_cell` of the finished runs under ``root``; ValueError when there are none at rank 2."""
     cells = by_cell(find_runs(root))
+    if not cells:
+        raise ValueError(f"no finished rank-2 runs (all_results.json) under {root}")
+    return cells
+
+
+def report(root: Path, peer: Path | None, glue_dir: Path | None) -> str:
+    """The markdown of the module docstring; ValueError when ``root`` (or ``peer``) holds no finished run."""
+    cells = _grid(root)
     out = ["| method | " + " | ".join(TASK_HEADERS[t] for t in TASKS) + " |", "|---" * (len(TASKS) + 1) + "|"]
     for method, label in METHODS:
         row = [_fmt([r.values[0] for r in cells.get((method, t), {}).values()]) for t in TASKS]
@@ -164,7 +174,7 @@ def report(root: Path, peer: Path | None, glue_dir: Path | None) -> str:
                 "| run | against | task | same decision | by chance |", "|---|---|---|---|---|", *rows]
 
     if peer is not None:
-        theirs = by_cell(find_runs(peer))
+        theirs = _grid(peer)
         out += ["", "Hugging Face PEFT (`bench/cpu_glue_peer.sh`) beside ours, same commands:", "",
                 "| method | task | seed | ours | Hugging Face PEFT |", "|---|---|---|---|---|"]
         for (method, t), runs in sorted(theirs.items()):
@@ -185,7 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         if path is not None and not path.is_dir():
             print(f"grid_report: {name} {path} is not a folder", file=sys.stderr)
             return 2
-    sys.stdout.write(report(args.root, args.peer, args.glue_dir))
+    try:
+        text = report(args.root, args.peer, args.glue_dir)
+    except ValueError as e:
+        print(f"grid_report: {e}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
     return 0
 
 

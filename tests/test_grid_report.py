@@ -65,6 +65,18 @@ def test_a_missing_folder_is_one_line_and_status_2(tmp_path, capsys):
     assert err.count("\n") == 1 and "is not a folder" in err
 
 
+def test_a_folder_without_finished_runs_is_one_line_and_status_2(tmp_path, capsys):
+    """An empty folder, or a --peer folder that holds no run (a wrong path), is said, not printed as empty tables."""
+    report = import_bench("grid_report")
+    (tmp_path / "empty").mkdir()
+    _run(tmp_path / "grid", "lora_all", "mrpc", 2021, 0.8)
+    for argv in ([str(tmp_path / "empty")], [str(tmp_path / "grid"), "--peer", str(tmp_path / "empty")]):
+        assert report.main(argv) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1
+        assert f"no finished rank-2 runs (all_results.json) under {tmp_path / 'empty'}" in captured.err
+
+
 def test_rank_patterns_compared_triplet_by_triplet(tmp_path, capsys):
     report = import_bench("grid_report")
     root = tmp_path / "grid"
