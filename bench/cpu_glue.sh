@@ -6,7 +6,7 @@
 # on two tasks; 3 seeds; final average rank 2. Hyperparameters: bench/cpu_hparams.tsv, derived from
 # scripts/hparams.tsv by bench/make_cpu_hparams.py (the paper's rows 4 times shorter by the short-horizon rule of
 # scripts/short_horizon.py: 862-1,675 updates of batch 32; on one thread about 40 minutes per MRPC run,
-# 45-50 per STS-B run, about 25 per CoLA run and 2.3 hours per RTE run (its pairs fill batches of ~180 tokens);
+# 45-55 per STS-B run, about 25 per CoLA run and 2.3 hours per RTE run (its pairs fill batches of ~180 tokens);
 # 54 runs, about 35 hours of one core for the grid without RTE).
 #
 #   GLUE_DIR=../shared/glue bash bench/cpu_glue.sh
