@@ -66,7 +66,7 @@ from glue_run.batches import epoch_batches, make_loader, shard_batch
 from glue_run.checkpoints import TrainState, complete_checkpoints, load_checkpoint, save_checkpoint
 from glue_run.data import PRIMARY_METRIC, TASKS, class_ids, label_setup, load_glue, tokenize_splits
 from glue_run.errors import (EXIT_BUSY, AlreadyFinished, OutputDirBusy, TrainingError, UsageError, agree,
-                             is_main_launch, leave_process_group, output_error)
+                             is_main_launch, leave_process_group, output_error, stop_together)
 from glue_run.ivon_files import IVON_STATE_FILES, find_ivon_state, load_ivon_state, read_ivon_state
 from glue_run.ivon_stats import posterior_stats, trainable_flat
 from glue_run.outdir import OutputLock, claim_output_dir, prepare_output_dir
@@ -724,8 +724,9 @@ def main(argv: list[str] | None = None) -> int:
     Under a distributed launch every process runs this; all of them validate the same flags and data, so a bad
     input stops each with status 2 (reported once, by rank 0) before any of them waits for another. Only the main
     process looks at, locks and writes the output folder, and it tells the others what it found (`agree`), so
-    that they stop with it instead of waiting, and all leave the process group together. The folder's lock is
-    released when this returns, and by the OS when the process dies.
+    that they stop with it instead of waiting. Each process leaves the process group last, after `_main`'s objects
+    (the DistributedDataParallel model among them) are gone. The folder's lock is released when this returns, and
+    by the OS when the process dies.
     """
     lock = OutputLock()
     try:
@@ -740,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BUSY if isinstance(e, OutputDirBusy) else 2
     finally:
         lock.release()
-        leave_process_group(wait=False)  # errors the processes agreed on have left it already, together
+        leave_process_group()  # after _main's frame, which held the model, is gone
 
 
 def _main(argv: list[str] | None, lock: OutputLock) -> int:
@@ -762,7 +763,7 @@ def _main(argv: list[str] | None, lock: OutputLock) -> int:
         else:
             train(run, state, log)
     except TrainingError as e:  # raised on every process at once (the loss check is collective)
-        leave_process_group()
+        stop_together()
         if acc.is_main_process:
             print(f"run_glue_no_trainer.py: error: {e}", file=sys.stderr)
         return 1
@@ -784,7 +785,7 @@ def _main(argv: list[str] | None, lock: OutputLock) -> int:
                           "\n".join(f"  {name:<{width}}  {r}" for name, r in kept.items()))
             acc.print("results: " + json.dumps({k: v for k, v in results.items() if k.startswith("eval_")}))
     agree(acc, error)  # outputs that could not be written stop every process; the main process says so
-    leave_process_group()  # no process exits before the outputs are complete
+    stop_together()  # no process exits before the outputs are complete
     if args.with_tracking:
         acc.end_training()  # ends the trackers
     if run.hub_repo is not None and acc.is_main_process:

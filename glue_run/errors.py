@@ -2,8 +2,8 @@
 
 A user mistake is one line on stderr and exit status 2 (`UsageError`), a failed training run status 1
 (`TrainingError`), an output folder used by another run `EXIT_BUSY`. Several processes stop together
-(`agree`), only one of them speaks (`is_main_launch`), and all leave the process group together
-(`leave_process_group`).
+(`agree`, `stop_together`), only one of them speaks (`is_main_launch`), and each leaves the process group at
+the very end (`leave_process_group`).
 """
 from __future__ import annotations
 
@@ -54,28 +54,40 @@ def output_error(out: Path, e: OSError) -> UsageError:
     return UsageError(f"cannot write the outputs in {out}: {e.strerror or e}{where}")
 
 
-def leave_process_group(wait: bool = True) -> None:
-    """End the process group, if there is one. Not ending it lets gloo's threads outlive it, and the interpreter's
-    exit can then abort the process ("terminate called without an active exception") instead of exiting with its
-    status. `wait` only where every process is known to stop at this point (the run finished, or they agreed on
-    an error): a barrier first, since a process that tears its end down while another is still inside the last
-    collective can leave that one waiting. Elsewhere (an error met by each process on its own) it ends the group
-    without waiting for the others."""
+def stop_together() -> None:
+    """Wait for every process (a barrier), where all of them are known to stop: the run finished, or they agreed on
+    an error. A process that leaves while another is still inside the last collective can leave that one waiting."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        if wait:
-            dist.barrier()
+        dist.barrier()
+
+
+def leave_process_group() -> None:
+    """End the process group, if there is one: the last step of a process, once the run's objects are gone.
+
+    Not ending it lets gloo's threads outlive it, and the interpreter's exit can then abort the process
+    ("terminate called without an active exception"). Ending it while the DistributedDataParallel model is still
+    alive is no better: the model keeps the group, and the group's threads are then joined when the model is
+    freed, with the GIL held, which hangs the process if one of those threads is waiting for the GIL (to free a
+    tensor of the last collective). So main() calls this after the run is gone, and cycles are collected first:
+    the group's last reference is the one dropped here."""
+    import gc
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
 def agree(acc, error: Exception | None) -> None:
     """Raise on every process the first error any process met. A collective (every process of the accelerate
     Accelerator `acc` calls it): where only the main process writes, the others learn that it stopped instead
-    of waiting for it forever. All of them leave the process group before raising."""
+    of waiting for it forever. All of them pass a barrier before raising (`stop_together`)."""
     if acc.num_processes > 1:
         from accelerate.utils import gather_object
         error = next((e for e in gather_object([error]) if e is not None), None)
     if error is not None:
-        leave_process_group()  # every process stops here
+        stop_together()  # every process stops here
         raise error

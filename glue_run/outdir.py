@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from .checkpoints import checkpoint_dirs, resume_point
-from .errors import AlreadyFinished, OutputDirBusy, UsageError, agree, leave_process_group, output_error
+from .errors import AlreadyFinished, OutputDirBusy, UsageError, agree, output_error, stop_together
 from .files import write_atomic, write_json
 from .manifest import LOCK_FILE, record, recorded, remove_recorded
 from .outputs import JsonlLog, run_config
@@ -148,7 +148,7 @@ def claim_output_dir(args: argparse.Namespace, out: Path, acc, lock: OutputLock)
         from accelerate.utils import broadcast_object_list
         verdict, resume = broadcast_object_list([verdict, resume])
     if verdict is not None:
-        leave_process_group()  # every process stops with the main process's verdict
+        stop_together()  # every process stops with the main process's verdict
         raise verdict
     return resume
 

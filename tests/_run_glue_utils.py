@@ -198,11 +198,11 @@ def accelerate_launch(args: list[str], processes: int = 2, timeout: float = 150,
 
 
 def spawn_ranks(args: list[str], processes: int = 2, timeout: float = 120, stdout=subprocess.PIPE,
-                preexec_fn=None, **env: str) -> list[subprocess.CompletedProcess]:
+                preexec_fn=None, script: Path = SCRIPT, **env: str) -> list[subprocess.CompletedProcess]:
     """Start the processes as torchrun would (env:// rendezvous) but without its agent, which stops the other
-    processes once one exits: here each one's own exit status counts. `preexec_fn` runs in each before the script."""
+    processes once one exits: here each one's own exit status counts. `preexec_fn` runs in each before `script`."""
     port = str(free_port())
-    procs = [subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=REPO, text=True, stdout=stdout,
+    procs = [subprocess.Popen([sys.executable, str(script), *args], cwd=REPO, text=True, stdout=stdout,
                               stderr=subprocess.PIPE, start_new_session=True, preexec_fn=preexec_fn,
                               env=process_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE=str(processes),
                                               RANK=str(r), LOCAL_RANK=str(r), LOCAL_WORLD_SIZE=str(processes), **env))
