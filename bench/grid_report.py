@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO))
-from summarize import TASK_HEADERS, Run, _metric_problem, find_runs  # noqa: E402
+from summarize import TASK_HEADERS, Run, find_runs, metric_problem  # noqa: E402
 
 TASKS = ["rte", "mrpc", "stsb", "cola"]
 METHODS = [("lora_all", "LoRA + AdamW"), ("adalora", "AdaLoRA + AdamW (sensitivity)"),
@@ -82,7 +82,7 @@ def majority(task: str, glue_dir: Path) -> str:
 
 def runtime_min(run: Run) -> float | None:
     """Its training time in minutes; None when its all_results.json records none (a number is needed)."""
-    if _metric_problem(run.results, "train_runtime_s") is not None:  # summarize's rule for a number in the file
+    if metric_problem(run.results, "train_runtime_s") is not None:  # summarize's rule for a number in the file
         return None
     seconds = run.results["train_runtime_s"]
     return seconds / 60 if math.isfinite(seconds) else None

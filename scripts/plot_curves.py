@@ -31,15 +31,10 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from summarize import TASK_HEADERS, TASK_METRICS, TASKS, identify_run  # noqa: E402
+from summarize import TASK_HEADERS, TASK_METRICS, TASKS, identify_run, metric_problem  # noqa: E402
 
 METRIC_NAMES = {"eval_accuracy": "accuracy", "eval_matthews_correlation": "Matthews corr.",
                 "eval_pearson": "Pearson"}
-
-
-def _is_number(value: object) -> bool:
-    """A JSON number (NaN included); JSON true/false are not numbers."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def read_curve(log: Path, key: str) -> dict[int, float]:
@@ -63,7 +58,7 @@ def read_curve(log: Path, key: str) -> dict[int, float]:
             bad.append(number)
         elif key in entry:
             step = entry.get("step")
-            if _is_number(step) and isinstance(step, int) and _is_number(entry[key]):
+            if isinstance(step, int) and metric_problem(entry, "step") is None and metric_problem(entry, key) is None:
                 curve[step] = 100.0 * entry[key]
             else:
                 bad.append(number)

@@ -192,7 +192,7 @@ def _shown(path: Path) -> str:
     return text if text.isprintable() else ascii(text)
 
 
-def _metric_problem(results: dict, key: str) -> str | None:
+def metric_problem(results: dict, key: str) -> str | None:
     """Why ``results[key]`` is not a usable metric, or None. NaN is usable: it is reported, not dropped."""
     if key not in results:
         return f"no {key}"
@@ -220,7 +220,7 @@ def find_runs(root: Path, skipped: list[tuple[Path, str]] | None = None) -> list
             skip(path, str(e))
             continue
         keys = [k for k, _ in TASK_METRICS[task]]
-        problems = [p for p in (_metric_problem(results, k) for k in keys) if p]
+        problems = [p for p in (metric_problem(results, k) for k in keys) if p]
         if problems:
             skip(path, "; ".join(problems))
             continue
