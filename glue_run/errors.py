@@ -69,9 +69,9 @@ def leave_process_group() -> None:
     Not ending it lets gloo's threads outlive it, and the interpreter's exit can then abort the process
     ("terminate called without an active exception"). Ending it while the DistributedDataParallel model is still
     alive is no better: the model keeps the group, and the group's threads are then joined when the model is
-    freed, with the GIL held, which hangs the process if one of those threads is waiting for the GIL (to free a
-    tensor of the last collective). So main() calls this after the run is gone, and cycles are collected first:
-    the group's last reference is the one dropped here."""
+    freed, with the GIL held, which hangs the process if one of those threads is waiting for the GIL at that
+    moment (seen, rarely, as a process stuck after its last line of Python). So main() calls this after the run
+    is gone, and cycles are collected first: the group's last reference is the one dropped here."""
     import gc
 
     import torch.distributed as dist
