@@ -1,6 +1,7 @@
 """Run run_glue_no_trainer.py as one process of a launch and print, on stdout, how many of gloo's threads are alive
 right after the process group is ended: 0 when the group's last reference was the one dropped there, i.e. nothing
-else (the DistributedDataParallel model) still held it. Linux: the threads are counted in /proc/self/task."""
+else (the DistributedDataParallel model) still held it. Linux only (the threads are counted in
+/proc/self/task); elsewhere it prints nothing."""
 import os
 import sys
 from pathlib import Path
@@ -21,7 +22,8 @@ def _gloo_threads() -> int:
 
 def destroy_and_count(*args, **kwargs):
     _destroy(*args, **kwargs)
-    print(f"gloo threads after leaving: {_gloo_threads()}", flush=True)
+    if os.path.isdir("/proc/self/task"):
+        print(f"gloo threads after leaving: {_gloo_threads()}", flush=True)
 
 
 dist.destroy_process_group = destroy_and_count

@@ -187,13 +187,15 @@ def _stopped_together(ranks: list[subprocess.CompletedProcess], status: int, mes
 
 
 LEAVE_PROBE = Path(__file__).parent / "_leave_probe.py"
-needs_proc = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc (Linux)")
+PROC = Path("/proc/self/task")  # where the probe counts threads (Linux); elsewhere the count is not checked
 
 
 def _left_alone(ranks: list[subprocess.CompletedProcess]) -> None:
     """Run with LEAVE_PROBE: each process ended the process group once, and that ended it, gloo's threads and
     all. Had the model still held the group, its threads would be joined later, when the model is freed, with
     the GIL held: a process could then hang on its way out (a flaky hang of the non-finite-loss test)."""
+    if not PROC.is_dir():
+        return
     for r in ranks:
         assert r.stdout.splitlines().count("gloo threads after leaving: 0") == 1, r.stdout[-500:]
 
@@ -227,7 +229,6 @@ def test_a_run_that_hangs_fails_with_its_stacks():
     assert proc.returncode == -signal.SIGABRT
 
 
-@needs_proc
 def test_a_nonfinite_loss_stops_every_process_with_status_1(data, tmp_path):
     args = ["--model_name_or_path", str(data["model"]), "--task_name", "rte", "--glue_dir", str(data["glue"]),
             "--output_dir", str(tmp_path / "out"), "--per_device_train_batch_size", "4", "--max_train_steps", "4",
@@ -238,7 +239,7 @@ def test_a_nonfinite_loss_stops_every_process_with_status_1(data, tmp_path):
     assert not (tmp_path / "out" / "all_results.json").exists()
 
 
-@needs_proc
+@pytest.mark.skipif(not PROC.is_dir(), reason="the probe counts threads in /proc (Linux)")
 def test_a_finished_run_leaves_a_process_group_nothing_else_holds(data, tmp_path):
     args = ["--model_name_or_path", str(data["model"]), "--task_name", "rte", "--glue_dir", str(data["glue"]),
             "--output_dir", str(tmp_path / "out"), "--per_device_train_batch_size", "4", "--max_train_steps", "2"]
@@ -248,7 +249,6 @@ def test_a_finished_run_leaves_a_process_group_nothing_else_holds(data, tmp_path
     assert (tmp_path / "out" / "all_results.json").exists()
 
 
-@needs_proc
 def test_outputs_the_main_process_cannot_write_stop_every_process_with_status_2(data, tmp_path):
     """The outputs are written at the end by the main process alone; a full disk there (each process may write no
     file over 60 kB, the tiny model's weights take ~110 kB) stops the others too, once, with status 2."""
