@@ -25,12 +25,8 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
-if [ -z "${PYTHON:-}" ]; then
-    if [ -x "$repo/.venv/bin/python" ]; then PYTHON="$repo/.venv/bin/python"; else PYTHON=python3; fi
-fi
-export PYTHON
 name=cpu_glue
-source "$here/grid_inputs.sh"  # MODEL and GLUE_DIR
+source "$here/grid_inputs.sh"  # PYTHON, MODEL and GLUE_DIR
 export HPARAMS="$here/cpu_hparams.tsv"
 export OUTPUT_ROOT="${OUTPUT_ROOT:-$repo/outputs/cpu_glue_k4}"
 export SEEDS="${SEEDS:-2021 2022 2023}"

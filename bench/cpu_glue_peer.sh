@@ -23,7 +23,7 @@ if [ ! -x "$PEER" ]; then
 fi
 name=cpu_glue_peer
 unset PYTHON  # the model is found by our interpreter; the runs use the peer's
-source "$here/grid_inputs.sh"  # MODEL and GLUE_DIR
+source "$here/grid_inputs.sh"  # PYTHON (ours), MODEL and GLUE_DIR
 export PYTHON="$PEER"
 export TRAIN_SCRIPT="$here/peer_hf_peft.py"
 export HPARAMS="$here/cpu_hparams.tsv"
