@@ -1,6 +1,7 @@
 """Dev-set metric against training step, one panel per task, one line per method (mean over seeds).
 
     python scripts/plot_curves.py OUTPUT_ROOT [-o out.png] [--task T] [--rank R] [--band minmax|std] [--table N]
+                                  [--ylim TASK=LOW:HIGH ...]
 
 Reads every ``log.jsonl`` below OUTPUT_ROOT (runs placed by the launcher's layout, else by run_config.json,
 as in summarize.py), takes the eval lines' primary metric of the task (MNLI: matched accuracy, CoLA: Matthews
@@ -8,6 +9,8 @@ correlation, STS-B: Pearson, others: accuracy; ×100) at each logged step, and d
 band over seeds (min–max by default, or ±1 sample std). Runs still in progress are included. Writes
 OUTPUT_ROOT/curves.png (curves_<task>.png with --task) unless -o is given. With --table N it prints instead a
 markdown table per task: each method's mean curve at every N-th update and at its last, and its best (update).
+--ylim fixes a panel's dev-metric axis (×100), e.g. ``--ylim stsb=70:88`` when one early evaluation far below
+the rest would otherwise set its scale; the points it leaves out are counted under the panel.
 
 Bad input is skipped, not fatal: the last line of a log.jsonl that a running job is still writing (no
 newline and not parseable yet) is left out quietly; any other line that is not a JSON object with an integer
@@ -118,10 +121,28 @@ def band(seed_curves: list[dict[int, float]], kind: str) -> tuple[np.ndarray, ..
     return np.array(steps), np.array(mean), np.array(low), np.array(high)
 
 
+def parse_ylim(spec: str) -> tuple[str, tuple[float, float]]:
+    """``TASK=LOW:HIGH`` -> (task, (low, high)); ValueError naming what is wrong."""
+    task, _, limits = spec.partition("=")
+    if task not in TASKS:
+        raise ValueError(f"--ylim {spec!r}: the task must be one of {', '.join(TASKS)}")
+    try:
+        low, high = (float(x) for x in limits.split(":"))
+    except ValueError:
+        raise ValueError(f"--ylim {spec!r}: expected TASK=LOW:HIGH with two numbers, e.g. stsb=70:88") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"--ylim {spec!r}: LOW must be below HIGH and both finite")
+    return task, (low, high)
+
+
 def plot_curves(root: Path, out: Path, task: str | None = None, rank: str | None = None,
-                kind: str = "minmax") -> Path:
-    """Draw one panel per task into ``out`` (PNG) and return ``out``; ValueError if nothing was logged."""
+                kind: str = "minmax", ylims: dict[str, tuple[float, float]] | None = None) -> Path:
+    """Draw one panel per task into ``out`` (PNG) and return ``out``; ValueError if nothing was logged.
+
+    ``ylims``: task -> (low, high) of that panel's axis; the mean-curve points outside it are counted in a note.
+    """
     curves, tasks = logged(root, task, rank)
+    ylims = ylims or {}
     labels = sorted({label for t in tasks for label in curves[t]})
     colours = {label: plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")(i) for i, label in
                enumerate(labels)}
@@ -130,13 +151,24 @@ def plot_curves(root: Path, out: Path, task: str | None = None, rank: str | None
     fig, axes = plt.subplots(nrows, ncols, figsize=(max(4.6 * ncols, 6.4), 3.6 * nrows), squeeze=False)
     for ax, t in zip(axes.flat, tasks):
         key = TASK_METRICS[t][0][0]
+        outside = []  # (value, step) of mean-curve points outside a fixed axis
         for label, seed_curves in sorted(curves[t].items()):
             steps, mean, low, high = band(seed_curves, kind)
+            if t in ylims:
+                lo, hi = ylims[t]
+                outside += [(v, s) for s, v in zip(steps.tolist(), mean.tolist()) if not lo <= v <= hi]
             ax.plot(steps, mean, marker="." if len(steps) < 30 else None, color=colours[label],
                     label=f"{label} ({len(seed_curves)} seed{'' if len(seed_curves) == 1 else 's'})")
             if len(seed_curves) > 1:
                 ax.fill_between(steps, low, high, color=colours[label], alpha=0.2, linewidth=0)
         ax.set_title(TASK_HEADERS[t].split()[0] + (" (matched)" if t == "mnli" else ""))
+        if t in ylims:
+            ax.set_ylim(*ylims[t])
+            if outside:
+                ax.annotate(f"{len(outside)} point{'s' * (len(outside) > 1)} off the axis: "
+                            + ", ".join(f"{v:.1f} at {s}" for v, s in sorted(outside, key=lambda p: p[1])[:3])
+                            + (", ..." if len(outside) > 3 else ""),
+                            xy=(0.02, 0.02), xycoords="axes fraction", fontsize=8, color="0.3")
         ax.set_xlabel("optimizer step")
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k" if abs(x) >= 10000 else f"{x:g}"))
@@ -177,7 +209,7 @@ def curve_table(root: Path, every: int, task: str | None = None, rank: str | Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: OUTPUT_ROOT [-o out.png] [--task T] [--rank R] [--band minmax|std] [--table N]."""
+    """Command line: OUTPUT_ROOT [-o out.png] [--task T] [--rank R] [--band minmax|std] [--table N] [--ylim TASK=LOW:HIGH ...]."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("output_root", type=Path)
     p.add_argument("-o", "--output", type=Path)
@@ -186,15 +218,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--band", choices=("minmax", "std"), default="minmax")
     p.add_argument("--table", type=int, metavar="N", help="print, instead of drawing, a markdown table of the curves "
                    "at every N-th update and the last, and each one's best")
+    p.add_argument("--ylim", action="append", default=[], metavar="TASK=LOW:HIGH",
+                   help="fix a task's dev-metric axis (×100), e.g. stsb=70:88; repeatable")
     a = p.parse_args(argv)
     if a.table is not None and a.table < 1:
         p.error(f"--table must be a positive number of updates, got {a.table}")
+    try:
+        ylims = dict(parse_ylim(spec) for spec in a.ylim)
+    except ValueError as e:
+        p.error(str(e))
     out = a.output or a.output_root / (f"curves_{a.task}.png" if a.task else "curves.png")
     try:
         if a.table is not None:
             print(curve_table(a.output_root, a.table, a.task, a.rank), end="")
             return 0
-        plot_curves(a.output_root, out, a.task, a.rank, a.band)
+        plot_curves(a.output_root, out, a.task, a.rank, a.band, ylims)
     except (ValueError, OSError) as e:
         print(f"plot_curves: error: {e}", file=sys.stderr)
         return 2

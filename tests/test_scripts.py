@@ -562,6 +562,36 @@ def test_plot_curves(tmp_path):
     assert plot_curves.main([str(tmp_path), "--task", "mnli"]) == 2
 
 
+def test_plot_curves_ylim(tmp_path, capsys, monkeypatch):
+    plot_curves = _module("plot_curves")
+    d = tmp_path / "vilora" / "rank2" / "stsb" / "seed1"
+    d.mkdir(parents=True)
+    (d / "log.jsonl").write_text("".join(json.dumps({"step": s, "epoch": 0, "eval_pearson": v}) + "\n"
+                                         for s, v in ((200, 0.09), (300, 0.80), (400, 0.85))))
+    assert plot_curves.parse_ylim("stsb=70:88") == ("stsb", (70.0, 88.0))
+    for bad, why in (("sst=1:2", "the task must be one of"), ("stsb=70", "two numbers"), ("stsb=a:b", "two numbers"),
+                     ("stsb=88:70", "LOW must be below HIGH"), ("stsb=0:inf", "both finite")):
+        with pytest.raises(SystemExit) as e:
+            plot_curves.main([str(tmp_path), "--ylim", bad])
+        assert e.value.code == 2 and why in capsys.readouterr().err.splitlines()[-1]
+    assert not (tmp_path / "curves.png").exists()
+    # the axis is the one asked for, and the one point below it is named under the panel
+    seen = {}
+    real_savefig = plot_curves.plt.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        ax = fig.axes[0]
+        seen["ylim"] = ax.get_ylim()
+        seen["notes"] = [t.get_text() for t in ax.texts]
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(plot_curves.plt.Figure, "savefig", savefig)
+    assert plot_curves.main([str(tmp_path), "--ylim", "stsb=70:88", "--ylim", "cola=0:60"]) == 0
+    assert seen == {"ylim": (70.0, 88.0), "notes": ["1 point off the axis: 9.0 at 200"]}
+    assert plot_curves.main([str(tmp_path)]) == 0  # without --ylim: the data's own range, no note
+    assert seen["ylim"][0] < 9.0 and seen["notes"] == []
+
+
 def test_curve_table(tmp_path, capsys):
     plot_curves = _module("plot_curves")
     for method, seed, values in (("adalora", 1, (0.5, 0.7, 0.8, 0.75)), ("adalora", 2, (0.6, 0.7, 0.9, 0.85)),
