@@ -10,7 +10,7 @@ band over seeds (min–max by default, or ±1 sample std). Runs still in progres
 OUTPUT_ROOT/curves.png (curves_<task>.png with --task) unless -o is given. With --table N it prints instead a
 markdown table per task: each method's mean curve at every N-th update and at its last, and its best (update).
 --ylim fixes a panel's dev-metric axis (×100), e.g. ``--ylim stsb=70:88`` when one early evaluation far below
-the rest would otherwise set its scale; the points it leaves out are counted under the panel.
+the rest would otherwise set its scale; the points it leaves out are named under the panel.
 
 Bad input is skipped, not fatal: the last line of a log.jsonl that a running job is still writing (no
 newline and not parseable yet) is left out quietly; any other line that is not a JSON object with an integer
@@ -209,7 +209,8 @@ def curve_table(root: Path, every: int, task: str | None = None, rank: str | Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: OUTPUT_ROOT [-o out.png] [--task T] [--rank R] [--band minmax|std] [--table N] [--ylim TASK=LOW:HIGH ...]."""
+    """Command line: OUTPUT_ROOT [-o out.png] [--task T] [--rank R] [--band minmax|std] [--table N]
+    [--ylim TASK=LOW:HIGH ...]."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("output_root", type=Path)
     p.add_argument("-o", "--output", type=Path)

@@ -40,7 +40,8 @@ integral.
     python scripts/short_horizon.py --script vilora_clr --task mrpc --scale 4        # flags of one derived row
     python scripts/short_horizon.py --scale 4 --table out.tsv --task mrpc stsb       # a table for launch.sh
 
-Printing a row needs only the standard library; --table writes with the training script's atomic writer (glue_run.files).
+Printing a row needs only the standard library; --table writes with the training script's atomic writer
+(glue_run.files).
 """
 from __future__ import annotations
 
