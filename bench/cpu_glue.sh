@@ -17,7 +17,8 @@
 # so the grid can be run in parts (e.g. TASKS=mrpc first), and every run checkpoints every 200 updates and resumes
 # from its latest checkpoint, so a run stopped part-way (a session's end) continues where it was when the grid is
 # started again on the same machine; resuming is exact, so the result is the uninterrupted run's. EXTRA_ARGS are
-# appended after these flags.
+# appended after these flags. On a new machine, DONE_ROOT=bench/results/cpu_glue_k4 skips the runs whose results
+# are kept there (bench/collect_results.py), so only the missing runs of the grid are trained.
 # Two copies started side by side (OMP_NUM_THREADS=1 each, the fastest use of 2 cores) share the grid: each
 # skips the run the other is training (its folder is locked: "busy") and takes the next.
 # It ends with the table of scripts/summarize.py (also OUTPUT_ROOT/summary.md).

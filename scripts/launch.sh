@@ -14,6 +14,9 @@
 #   MODEL       model name or path                    default: the table's (microsoft/deberta-v3-base)
 #   GLUE_DIR    local GLUE copy, passed as --glue_dir default: unset (the script's own default)
 #   OUTPUT_ROOT root of all run directories           default: <repo>/outputs
+#   DONE_ROOT   kept results of finished runs         default: unset
+#               a run with DONE_ROOT/<run name>/all_results.json is skipped too (to finish a sweep on a new
+#               machine from its kept results, e.g. DONE_ROOT=bench/results/cpu_glue_k4 for bench/cpu_glue.sh)
 #   EXTRA_ARGS  string appended to every command      default: empty
 #   PYTHON      interpreter                           default: <repo>/.venv/bin/python, else python3
 #   TRAIN_SCRIPT the training script                  default: <repo>/run_glue_no_trainer.py
@@ -67,6 +70,12 @@ GLUE_DIR="${GLUE_DIR:-}"
 # Absolute paths, so that commands (and Slurm jobs) do not depend on the directory they start in.
 case "$OUTPUT_ROOT" in /*) ;; *) OUTPUT_ROOT="$PWD/$OUTPUT_ROOT" ;; esac
 case "$GLUE_DIR" in /* | "") ;; *) GLUE_DIR="$PWD/$GLUE_DIR" ;; esac
+DONE_ROOT="${DONE_ROOT:-}"
+case "$DONE_ROOT" in /* | "") ;; *) DONE_ROOT="$PWD/$DONE_ROOT" ;; esac
+if [ -n "$DONE_ROOT" ] && [ ! -d "$DONE_ROOT" ]; then
+    echo "launch: error: DONE_ROOT=$DONE_ROOT is not a folder (a root of finished runs, or unset)" >&2
+    exit 2
+fi
 
 case "$LAUNCHER" in
     local | accelerate | sbatch) ;;
@@ -151,6 +160,12 @@ while IFS=$'\x1f' read -r -u 3 -a fields; do
         n_skipped=$((n_skipped + 1))
         echo "$tag skip (all_results.json exists): $name" >&2
         [ "$DRY_RUN" = 1 ] && echo "# skip (done): $out"
+        continue
+    fi
+    if [ -n "$DONE_ROOT" ] && [ -f "$DONE_ROOT/$name/all_results.json" ]; then
+        n_skipped=$((n_skipped + 1))
+        echo "$tag skip (done in DONE_ROOT): $name" >&2
+        [ "$DRY_RUN" = 1 ] && echo "# skip (done in DONE_ROOT): $DONE_ROOT/$name"
         continue
     fi
 

@@ -39,7 +39,7 @@ METHOD_SCRIPTS = {
 }
 KNOBS = ("TASKS", "RANK", "SEEDS", "CRITERIA", "MODEL", "GLUE_DIR", "OUTPUT_ROOT", "EXTRA_ARGS", "PYTHON",
          "TRAIN_SCRIPT", "LAUNCHER", "NUM_PROCESSES", "ACCELERATE", "ACCELERATE_ARGS", "PARTITION", "GPUS",
-         "TIME_LIMIT", "SBATCH_ARGS", "DRY_RUN")
+         "TIME_LIMIT", "SBATCH_ARGS", "DRY_RUN", "DONE_ROOT", "HPARAMS")
 META = ("rank", "task_name", "script", "model", "seeds", "other")
 SWITCHES = {"use_ivon", "use_custom_lr_schedule", "apply_lora", "gradient_checkpointing"}
 
@@ -267,7 +267,8 @@ def test_sbatch_dry_run(tmp_path):
     assert opts[-2:] == ["--mem=32G", "--cpus-per-task=4"]
     wrapped = shlex.split(words[words.index("--wrap") + 1])
     assert wrapped[:3] == ["exec", PYTHON, str(REPO / "run_glue_no_trainer.py")]
-    row = next(r for r in read_table(REPO_TABLE) if (r["script"], r["rank"], r["task_name"]) == ("vilora_clr", "2", "rte"))
+    row = next(r for r in read_table(REPO_TABLE)
+               if (r["script"], r["rank"], r["task_name"]) == ("vilora_clr", "2", "rte"))
     assert flag_dict(wrapped[3:]) == expected_flags(row, "2021", out)
 
 
@@ -384,6 +385,27 @@ def test_interrupt_stops_the_sweep_and_the_run(tmp_path):
     (pid,) = pids.read_text().split()  # the second run never started
     with pytest.raises(ProcessLookupError):
         os.kill(int(pid), 0)
+
+
+def test_done_root_skips_kept_results(tmp_path):
+    """DONE_ROOT: a run whose result is kept under a second root (a sweep finished on a new machine from its
+    committed results) is skipped like a finished one; the others run; a DONE_ROOT that is not a folder is refused."""
+    kept = tmp_path / "kept" / "vilora" / "rank2" / "qnli" / "seed2"
+    kept.mkdir(parents=True)
+    (kept / "all_results.json").write_text("{}")
+    out = tmp_path / "out"
+    res = run_script("vilora.sh", out, DRY_RUN="1", TASKS="qnli", SEEDS="1 2 3", DONE_ROOT=str(tmp_path / "kept"))
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[1] == f"# skip (done in DONE_ROOT): {kept}"
+    assert "--seed 1 " in lines[0] + " " and "--seed 3 " in lines[2] + " "
+    assert "[2/3] skip (done in DONE_ROOT): vilora/rank2/qnli/seed2" in res.stderr
+    assert "summary: 2 to run (dry run), 0 failed, 1 skipped, of 3 runs" in res.stderr
+    assert not out.exists()
+    res = run_script("vilora.sh", out, DRY_RUN="1", TASKS="qnli", SEEDS="1", DONE_ROOT=str(tmp_path / "none"))
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.strip() == (f"launch: error: DONE_ROOT={tmp_path / 'none'} is not a folder "
+                                  "(a root of finished runs, or unset)")
 
 
 def test_dry_run_marks_done_runs(tmp_path):
