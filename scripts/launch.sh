@@ -156,16 +156,17 @@ while IFS=$'\x1f' read -r -u 3 -a fields; do
     name="${out#"$rest"/}"  # <method>/rank<R>/<task>/seed<S>
     tag="[$n/$total]"
 
+    # Finished here, or kept under DONE_ROOT: the reason (stderr) and the mark (dry-run stdout) say which.
+    done_in=""
     if [ -f "$out/all_results.json" ]; then
-        n_skipped=$((n_skipped + 1))
-        echo "$tag skip (all_results.json exists): $name" >&2
-        [ "$DRY_RUN" = 1 ] && echo "# skip (done): $out"
-        continue
+        done_in="$out" reason="all_results.json exists" mark="done"
+    elif [ -n "$DONE_ROOT" ] && [ -f "$DONE_ROOT/$name/all_results.json" ]; then
+        done_in="$DONE_ROOT/$name" reason="done in DONE_ROOT" mark="done in DONE_ROOT"
     fi
-    if [ -n "$DONE_ROOT" ] && [ -f "$DONE_ROOT/$name/all_results.json" ]; then
+    if [ -n "$done_in" ]; then
         n_skipped=$((n_skipped + 1))
-        echo "$tag skip (done in DONE_ROOT): $name" >&2
-        [ "$DRY_RUN" = 1 ] && echo "# skip (done in DONE_ROOT): $DONE_ROOT/$name"
+        echo "$tag skip ($reason): $name" >&2
+        [ "$DRY_RUN" = 1 ] && echo "# skip ($mark): $done_in"
         continue
     fi
 
