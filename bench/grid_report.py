@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ sys.path.insert(0, str(REPO))
 from summarize import TASK_HEADERS, Run, find_runs, metric_problem  # noqa: E402
 
 TASKS = ["rte", "mrpc", "stsb", "cola"]
+TASK_NAMES = {"rte": "RTE", "mrpc": "MRPC", "stsb": "STS-B", "cola": "CoLA"}
 METHODS = [("lora_all", "LoRA + AdamW"), ("adalora", "AdaLoRA + AdamW (sensitivity)"),
            ("adalora_ivon_clr", "AdaLoRA + IVON (sensitivity)"), ("vilora_clr", "VILoRA, SNR(|θ|)"),
            ("vilora_clr_criterion-SNR", "VILoRA, |μ|/σ"), ("vilora_clr_criterion-mean", "VILoRA, |μ|"),
@@ -46,6 +48,9 @@ RANK_PAIRS = [("vilora_clr", "adalora_ivon_clr"), ("adalora", "adalora_ivon_clr"
               ("vilora_clr_criterion-mean", "vilora_clr_criterion-sigma"), ("vilora_clr", "vilora_clr_criterion-mean"),
               ("vilora_clr", "vilora_clr_criterion-SNR"), ("vilora_clr", "vilora_clr_criterion-sigma"),
               ("vilora_clr_criterion-SNR", "vilora_clr_criterion-mean")]
+
+
+TRAINING_CODE = ["run_glue_no_trainer.py", "glue_run", "peft", "ivon", "metrics"]
 
 
 def _fmt(values: list[float]) -> str:
@@ -115,6 +120,56 @@ def same_decisions(a: Run, b: Run) -> tuple[int, int, float] | None:
     return sum(x == y for k in pa for x, y in zip(pa[k], pb[k])), n, chance
 
 
+def provenance(run: Run) -> tuple[str, str]:
+    """(commit, start time) from the run's run_config.json; empty strings where it records none."""
+    try:
+        config = json.loads((run.path / "run_config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return "", ""
+    commit, start = config.get("git_commit"), config.get("start_time")
+    return (commit if isinstance(commit, str) else ""), (start if isinstance(start, str) else "")
+
+
+def training_code(commit: str) -> str | None:
+    """git's listing of the training code's files at ``commit`` (equal listings: the same code); None when git is
+    missing or does not know the commit."""
+    if not commit:
+        return None
+    try:
+        done = subprocess.run(["git", "-C", str(REPO), "ls-tree", commit, "--", *TRAINING_CODE],
+                              capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return done.stdout or None
+
+
+def provenance_table(cells: dict[tuple[str, str], dict[str, Run]]) -> list[str]:
+    """Markdown rows: one per commit the runs started from, oldest first, with the runs grouped by method and a
+    letter per distinct training code (A for the first)."""
+    groups: dict[str, list[tuple[str, Run]]] = {}
+    for runs in cells.values():
+        for run in runs.values():
+            commit, start = provenance(run)
+            groups.setdefault(commit, []).append((start, run))
+    letters: dict[str, str] = {}
+    rows = []
+    for commit, runs in sorted(groups.items(), key=lambda kv: min(s for s, _ in kv[1])):
+        code = training_code(commit)
+        if code is None:
+            letter = "?"
+        else:
+            letter = letters.setdefault(code, chr(ord("A") + len(letters)))
+        by_method: dict[str, list[str]] = {}
+        for _, r in sorted(runs, key=lambda sr: (TASKS.index(sr[1].task) if sr[1].task in TASKS else 99,
+                                                 int(sr[1].seed))):
+            by_method.setdefault(r.method, []).append(f"{TASK_NAMES.get(r.task, r.task)} {r.seed}")
+        order = [m for m, _ in METHODS if m in by_method] + sorted(set(by_method) - {m for m, _ in METHODS})
+        what = "; ".join(f"`{m}` " + ", ".join(by_method[m]) for m in order)
+        started = min(s for s, _ in runs).replace("T", " ")[:16]
+        rows.append(f"| {commit[:7] or 'not recorded'} | {started} | {letter} | {what} |")
+    return rows
+
+
 def _grid(root: Path) -> dict[tuple[str, str], dict[str, Run]]:
     """`by_cell` of the finished runs under ``root``; ValueError when there are none at rank 2."""
     cells = by_cell(find_runs(root))
@@ -173,6 +228,10 @@ def report(root: Path, peer: Path | None, glue_dir: Path | None) -> str:
         out += ["", "Final rank patterns, paired by seed: triplets that both runs keep or both prune (per seed, in "
                 "seed order), and how many two random patterns with the same kept counts share on average:", "",
                 "| run | against | task | same decision | by chance |", "|---|---|---|---|---|", *rows]
+
+    out += ["", "Where the runs came from: the commit each started from, the first start (UTC), and its training code "
+            "(runs with the same letter trained with the same files):", "",
+            "| commit | started | code | runs (task, seed) |", "|---|---|---|---|", *provenance_table(cells)]
 
     if peer is not None:
         theirs = _grid(peer)

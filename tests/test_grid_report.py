@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+
+import pytest
 
 from _run_glue_utils import import_bench
 
@@ -109,3 +112,31 @@ def test_a_run_without_a_train_time_is_reported_but_not_timed(tmp_path, capsys):
     assert "| AdaLoRA + IVON (sensitivity) (`adalora_ivon_clr`) |  | 77.50 ± 0.71 (2) |  |  |" in text
     assert "| `adalora_ivon_clr` |  | 15 |  |  |" in text and "| `vilora_clr` |  | 25 |  |  |" in text
     assert "| VILoRA / AdaLoRA + IVON | MRPC acc | 2.000 | 2.000 |" in text  # seed 2022 only
+
+
+def test_where_each_run_came_from(tmp_path, capsys):
+    """Runs are grouped by the commit their run_config.json names, oldest start first; runs whose commits hold the
+    same training code share a letter; a commit git does not know is '?', a run without a config 'not recorded'."""
+    report = import_bench("grid_report")
+    head = subprocess.run(["git", "-C", str(report.REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    head = head.stdout.strip()
+    root = tmp_path / "grid"
+    for method, task, seed, commit, start in (
+            ("vilora_clr", "stsb", 2022, head, "2026-12-02T09:00:00Z"),
+            ("vilora_clr", "mrpc", 2022, head, "2026-12-02T10:00:00Z"),
+            ("adalora", "mrpc", 2021, "HEAD", "2026-12-01T08:30:00Z"),  # the same commit spelled otherwise
+            ("lora_all", "cola", 2021, "0" * 40, "2026-12-03T00:00:00Z")):
+        _run(root, method, task, seed, 0.5)
+        (root / method / "rank2" / task / f"seed{seed}" / "run_config.json").write_text(
+            json.dumps({"git_commit": commit, "start_time": start}))
+    _run(root, "adalora_ivon_clr", "mrpc", 2021, 0.5)  # no run_config.json
+    assert report.main([str(root)]) == 0
+    rows = capsys.readouterr().out.split("| commit | started | code | runs (task, seed) |\n|---|---|---|---|\n")[1]
+    assert rows.splitlines()[:4] == [
+        "| not recorded |  | ? | `adalora_ivon_clr` MRPC 2021 |",
+        "| HEAD | 2026-12-01 08:30 | A | `adalora` MRPC 2021 |",
+        f"| {head[:7]} | 2026-12-02 09:00 | A | `vilora_clr` MRPC 2022, STS-B 2022 |",
+        "| 0000000 | 2026-12-03 00:00 | ? | `lora_all` CoLA 2021 |",
+    ]
