@@ -7,7 +7,8 @@ Prints markdown: (1) every method on every task, mean ± sample std over seeds w
 majority-class score (read from the dev sets when --glue_dir is given); (2) the comparisons the paper's claims rest
 on, each paired by seed (the same seed gives both runs the same data order and initialisation): VILoRA's SNR(|θ|)
 against AdaLoRA's sensitivity with the same IVON and schedule, and the magnitude score |μ| against the variance
-score 1/σ; (3) train time per run, and VILoRA's over AdaLoRA's paired by seed; (4) how often two adaptive runs of
+score 1/σ; (3) train time per run, and VILoRA's over AdaLoRA's paired by seed (a pair whose runs record
+different machines in run_config.json is marked and left out of the mean); (4) how often two adaptive runs of
 the same seed end with the same kept/pruned decision for a triplet (their rank_pattern.json); (5) with --peer,
 Hugging Face PEFT's LoRA and AdaLoRA beside ours, seed by seed. Runs are found and read by scripts/summarize.py
 (the same rules and metrics: RTE and MRPC accuracy, STS-B Pearson, CoLA Matthews correlation). Nothing is written.
@@ -130,6 +131,18 @@ def provenance(run: Run) -> tuple[str, str]:
     return (commit if isinstance(commit, str) else ""), (start if isinstance(start, str) else "")
 
 
+def same_machine(a: Run, b: Run) -> bool | None:
+    """Whether two runs were timed on the same machine (the boot id their run_config.json records); None when
+    either does not say."""
+    ids = []
+    for run in (a, b):
+        try:
+            ids.append(json.loads((run.path / "run_config.json").read_text())["machine"]["boot_id"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            return None
+    return None if None in ids else ids[0] == ids[1]
+
+
 def training_code(commit: str) -> str | None:
     """git's listing of the training code's files at ``commit`` (equal listings: the same code); None when git is
     missing or does not know the commit."""
@@ -208,13 +221,16 @@ def report(root: Path, peer: Path | None, glue_dir: Path | None) -> str:
     rows = []
     for a, b, what in TIME_PAIRS:
         for t in TASKS:
-            pairs = [(runtime_min(x), runtime_min(y)) for x, y in paired(cells, a, b, t)]
-            ratios = [x / y for x, y in pairs if x is not None and y]
+            ratios = [(x_min / y_min, same_machine(x, y)) for x, y in paired(cells, a, b, t)
+                      if (x_min := runtime_min(x)) is not None and (y_min := runtime_min(y))]
             if ratios:
-                rows.append(f"| {what} | {TASK_HEADERS[t]} | {', '.join(f'{v:.3f}' for v in ratios)} | "
-                            f"{statistics.fmean(ratios):.3f} |")
+                kept = [v for v, same in ratios if same is not False]
+                per_seed = ", ".join(f"{v:.3f}" + ("" if same is not False else "†") for v, same in ratios)
+                mean = f"{statistics.fmean(kept):.3f}" if kept else ""
+                rows.append(f"| {what} | {TASK_HEADERS[t]} | {per_seed} | {mean} |")
     if rows:
-        out += ["", "Train time ratio, paired by seed (per seed, in seed order, and their mean):", "",
+        out += ["", "Train time ratio, paired by seed (per seed, in seed order, and their mean; † the two runs record "
+                "different machines and stay out of the mean):", "",
                 "| ratio | task | per seed | mean |", "|---|---|---|---|", *rows]
 
     rows = []

@@ -107,9 +107,29 @@ def final_rank_pattern(run) -> dict[str, list[bool]]:
     return dict(sorted((f"{module}.lora_E", mask) for module, mask in masks.items()))
 
 
+def machine() -> dict:
+    """What a run's times were measured on: host name, CPU model, logical CPUs, torch's intra-op threads, and the
+    kernel's boot id (two runs with the same boot id ran on the same machine, without a restart between them;
+    None where the system does not say)."""
+    def first_line(path: str, prefix: str = "") -> str | None:
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith(prefix):
+                        return line.split(":", 1)[1].strip() if prefix else line.strip()
+        except OSError:
+            pass
+        return None
+
+    return {"node": platform.node() or None,
+            "cpu": first_line("/proc/cpuinfo", "model name") or platform.processor() or None,
+            "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "boot_id": first_line("/proc/sys/kernel/random/boot_id")}
+
+
 def run_config(recorded: dict, seed: int) -> dict:
-    """Resolved args (`Resolved.recorded_args`), seed, package versions, git commit and start time for
-    run_config.json."""
+    """Resolved args (`Resolved.recorded_args`), seed, package versions, git commit, the machine and start time
+    for run_config.json."""
     versions = {"python": platform.python_version()}
     for pkg in ("torch", "transformers", "peft", "ivon", "accelerate", "datasets", "evaluate"):
         try:
@@ -122,7 +142,7 @@ def run_config(recorded: dict, seed: int) -> dict:
                                 capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"args": recorded, "seed": seed, "versions": versions, "git_commit": commit,
+    return {"args": recorded, "seed": seed, "versions": versions, "git_commit": commit, "machine": machine(),
             "start_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 

@@ -140,3 +140,20 @@ def test_where_each_run_came_from(tmp_path, capsys):
         f"| {head[:7]} | 2026-12-02 09:00 | A | `vilora_clr` MRPC 2022, STS-B 2022 |",
         "| 0000000 | 2026-12-03 00:00 | ? | `lora_all` CoLA 2021 |",
     ]
+
+
+def test_a_time_ratio_across_machines_is_marked_and_left_out_of_the_mean(tmp_path, capsys):
+    """Runs timed on different machines (different boot ids in run_config.json) do not make a ratio; runs that do
+    not record a machine are taken as they are."""
+    report = import_bench("grid_report")
+    root = tmp_path / "grid"
+    for seed, (vil, ada), boots in ((2021, (1000, 800), ("a", "a")), (2022, (900, 450), ("a", "b")),
+                                    (2023, (600, 600), None)):
+        for method, runtime, boot in (("vilora_clr", vil, boots and boots[0]), ("adalora", ada, boots and boots[1])):
+            _run(root, method, "mrpc", seed, 0.8, runtime=runtime)
+            if boot:
+                (root / method / "rank2" / "mrpc" / f"seed{seed}" / "run_config.json").write_text(
+                    json.dumps({"machine": {"boot_id": boot}}))
+    assert report.main([str(root)]) == 0
+    text = capsys.readouterr().out
+    assert "| VILoRA / AdaLoRA + AdamW | MRPC acc | 1.250, 2.000†, 1.000 | 1.125 |" in text

@@ -233,6 +233,10 @@ def test_full_finetune_adamw_outputs(tiny_model, tiny_glue, tmp_path):
     assert res["best_eval_accuracy"] == best["eval_accuracy"] == max(r["eval_accuracy"] for r in evals)
     cfg = json.loads((out / "run_config.json").read_text())
     assert cfg["seed"] == 3 and cfg["versions"]["torch"] == torch.__version__ and cfg["args"]["task_name"] == "rte"
+    assert cfg["machine"]["torch_threads"] == torch.get_num_threads()
+    assert cfg["machine"]["logical_cpus"] == os.cpu_count()
+    if Path("/proc/sys/kernel/random/boot_id").is_file():  # Linux: runs on the same machine share it
+        assert cfg["machine"]["boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     hidden = {p.name for p in out.iterdir() if p.name.startswith(".")}
     assert hidden == {manifest.LOCK_FILE, manifest.MANIFEST}  # no temp files left behind
 
