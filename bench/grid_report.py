@@ -212,7 +212,8 @@ def report(root: Path, peer: Path | None, glue_dir: Path | None) -> str:
                 wins = sum(v > 0 for v in d)
                 out.append(f"| {_cell(what)} | {TASK_HEADERS[t]} | {_fmt(d)} | {wins} / {len(d)} |")
 
-    out += ["", "Train time per run (minutes, mean over seeds; 1-thread processes sharing 2 cores with other work):",
+    out += ["", ("Train time per run (minutes, mean over seeds; 1-thread processes sharing 2 cores with other work, on "
+                  "the machine of the session that ran them):"),
             "", "| method | " + " | ".join(TASK_HEADERS[t] for t in TASKS) + " |", "|---" * (len(TASKS) + 1) + "|"]
     for method, label in METHODS:
         row = [cells.get((method, t), {}) for t in TASKS]
