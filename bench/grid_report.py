@@ -121,12 +121,18 @@ def same_decisions(a: Run, b: Run) -> tuple[int, int, float] | None:
     return sum(x == y for k in pa for x, y in zip(pa[k], pb[k])), n, chance
 
 
-def provenance(run: Run) -> tuple[str, str]:
-    """(commit, start time) from the run's run_config.json; empty strings where it records none."""
+def run_config(run: Run) -> dict:
+    """The run's run_config.json; {} when it has none or it is not a JSON object."""
     try:
         config = json.loads((run.path / "run_config.json").read_text())
     except (OSError, json.JSONDecodeError):
-        return "", ""
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def provenance(run: Run) -> tuple[str, str]:
+    """(commit, start time) from the run's run_config.json; empty strings where it records none."""
+    config = run_config(run)
     commit, start = config.get("git_commit"), config.get("start_time")
     return (commit if isinstance(commit, str) else ""), (start if isinstance(start, str) else "")
 
@@ -136,10 +142,8 @@ def same_machine(a: Run, b: Run) -> bool | None:
     either does not say."""
     ids = []
     for run in (a, b):
-        try:
-            ids.append(json.loads((run.path / "run_config.json").read_text())["machine"]["boot_id"])
-        except (OSError, json.JSONDecodeError, KeyError, TypeError):
-            return None
+        machine = run_config(run).get("machine")
+        ids.append(machine.get("boot_id") if isinstance(machine, dict) else None)
     return None if None in ids else ids[0] == ids[1]
 
 

@@ -157,3 +157,15 @@ def test_a_time_ratio_across_machines_is_marked_and_left_out_of_the_mean(tmp_pat
     assert report.main([str(root)]) == 0
     text = capsys.readouterr().out
     assert "| VILoRA / AdaLoRA + AdamW | MRPC acc | 1.250, 2.000†, 1.000 | 1.125 |" in text
+
+
+def test_a_run_config_that_is_not_an_object_counts_as_not_recorded(tmp_path, capsys):
+    report = import_bench("grid_report")
+    root = tmp_path / "grid"
+    for method in ("vilora_clr", "adalora"):
+        _run(root, method, "mrpc", 2021, 0.8)
+        (root / method / "rank2" / "mrpc" / "seed2021" / "run_config.json").write_text("[1, 2]")
+    assert report.main([str(root)]) == 0
+    text = capsys.readouterr().out
+    assert "| not recorded |  | ? | `adalora` MRPC 2021; `vilora_clr` MRPC 2021 |" in text
+    assert "| VILoRA / AdaLoRA + AdamW | MRPC acc | 1.000 | 1.000 |" in text
