@@ -61,7 +61,7 @@ def read_curve(log: Path, key: str) -> dict[int, float]:
             bad.append(number)
         elif key in entry:
             step = entry.get("step")
-            if isinstance(step, int) and metric_problem(entry, "step") is None and metric_problem(entry, key) is None:
+            if isinstance(step, int) and not isinstance(step, bool) and metric_problem(entry, key) is None:
                 curve[step] = 100.0 * entry[key]
             else:
                 bad.append(number)

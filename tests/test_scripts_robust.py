@@ -145,15 +145,16 @@ def test_plot_curves_skips_a_partial_last_line_and_warns_on_bad_lines(tmp_path, 
     ok = [json.dumps({"step": s, "eval_accuracy": v}) for s, v in ((10, 0.5), (20, 0.6))]
     # A running job: its last line is still being written (no newline, not parseable yet).
     _log(tmp_path, "adalora/rank2/rte/seed1", ok + ['{"step": 30, "eval_accu'], end="")
-    # Bad lines in the middle: garbage, a JSON list, a boolean metric, a non-integer step.
+    # Bad lines in the middle: garbage, a JSON list, a boolean metric, a non-integer step, a boolean step.
     _log(tmp_path, "adalora/rank2/rte/seed2", [ok[0], "garbage{", "[]", '{"step": 15, "eval_accuracy": true}',
-                                               '{"step": NaN, "eval_accuracy": 0.1}', ok[1]])
+                                               '{"step": NaN, "eval_accuracy": 0.1}',
+                                               '{"step": true, "eval_accuracy": 0.1}', ok[1]])
     # A complete last line whose newline is not written yet counts.
     _log(tmp_path, "adalora/rank2/rte/seed3", ok, end="")
     curves = plot_curves.collect(tmp_path)
     assert curves["rte"]["adalora r2"] == [{10: 50.0, 20: 60.0}] * 3
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and "seed2/log.jsonl" in err[0] and "4 bad line(s)" in err[0] and "line 2)" in err[0], err
+    assert len(err) == 1 and "seed2/log.jsonl" in err[0] and "5 bad line(s)" in err[0] and "line 2)" in err[0], err
     assert plot_curves.main([str(tmp_path)]) == 0
 
 
