@@ -271,8 +271,9 @@ def build_model(args, num_labels: int, label_names: list[str] | None):
     if args.lora_path is None:
         try:
             return peft.get_peft_model(model, settings.adapter_config(args)), tokenizer
-        except ValueError as e:  # e.g. target modules that match nothing
-            raise UsageError(f"adapter: {e}") from None
+        except ValueError as e:  # e.g. target modules that match nothing, or no default list for the model type
+            hint = " (here: --lora_modules)" if "target_modules" in str(e) and not args.lora_modules else ""
+            raise UsageError(f"adapter: {e}{hint}") from None
     try:
         saved = peft.PeftConfig.from_pretrained(args.lora_path)
     except (ValueError, TypeError, KeyError, OSError) as e:

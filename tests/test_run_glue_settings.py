@@ -99,3 +99,29 @@ def test_malformed_adapter_folder(tiny, adapter, tmp_path, capsys, damage, messa
     else:
         (folder / "adapter_model.safetensors").write_bytes(b"")
     assert message in _refused(tiny, tmp_path, capsys, "--apply_lora", "--lora_path", folder, "--eval_only")
+
+
+def _tiny_mpnet(tiny_model, path):
+    """A 1-layer MPNet (a model type with no default target modules) with the tiny model's WordPiece tokenizer."""
+    import shutil
+
+    import torch
+    from transformers import MPNetConfig, MPNetModel
+    shutil.copytree(tiny_model, path, ignore=shutil.ignore_patterns("*.safetensors", "config.json"))
+    vocab = len((path / "vocab.txt").read_text().split())
+    torch.manual_seed(0)
+    MPNetModel(MPNetConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=130, pad_token_id=0)).save_pretrained(path)
+    return path
+
+
+def test_a_model_type_without_default_targets_asks_for_lora_modules(tiny, tmp_path, capsys):
+    model = _tiny_mpnet(tiny[0], tmp_path / "mpnet")
+    line = _refused(tiny, tmp_path, capsys, *ADALORA, model=model)
+    assert "no default target_modules for model_type 'mpnet'" in line and line.endswith("(here: --lora_modules)")
+    out = tmp_path / "run"
+    assert rg.main(["--model_name_or_path", str(model), "--task_name", "rte", "--glue_dir", str(tiny[1]),
+                    "--output_dir", str(out), "--seed", "1", "--per_device_train_batch_size", "8",
+                    "--max_train_steps", "6", *ADALORA, "--lora_modules", "q,v"]) == 0
+    targets = json.loads((out / "adapter_config.json").read_text())["target_modules"]
+    assert sorted(targets) == ["q", "v"]
