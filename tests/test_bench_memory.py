@@ -32,7 +32,6 @@ def test_tensor_peak_counts_live_tensors_only():
     assert step_time._tensor_peak(_profiled(body)) == 6 * MiB
 
 
-
 def test_step_profile_sums_operator_self_time_by_kind():
     """bench/step_profile.py's breakdown: every operator's self time lands in exactly one kind, per step."""
     step_profile = import_bench("step_profile")
